@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from .errors import CtxextError, CtxextTypeError
+
 
 @dataclass(frozen=True)
 class Method:
@@ -119,21 +121,21 @@ class Scaling:
 def canonical_method(method: str) -> str:
     """Map a method name or alias to its canonical name; ValueError listing the valid ones."""
     if not isinstance(method, str):
-        raise TypeError(f"method must be a string such as 'yarn', got {method!r} ({type(method).__name__}).")
+        raise CtxextTypeError(f"method must be a string such as 'yarn', got {method!r} ({type(method).__name__}).")
     key = method.strip().lower().replace("_", "-")
     if key in METHODS:
         return key
     if key in ALIASES:
         return ALIASES[key]
-    raise ValueError(f"Unknown RoPE scaling method {method!r}; choose one of: {', '.join(METHOD_CHOICES)}.")
+    raise CtxextError(f"Unknown RoPE scaling method {method!r}; choose one of: {', '.join(METHOD_CHOICES)}.")
 
 
 def _check_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+        raise CtxextTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}.")
+        raise CtxextError(f"{name} must be a finite number, got {value}.")
     return value
 
 
@@ -142,11 +144,11 @@ def _check_window(value: object) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise TypeError(
+            raise CtxextTypeError(
                 f"original_max_position_embeddings must be a whole number of tokens, got {value!r}."
             )
     if value < 2:
-        raise ValueError(f"original_max_position_embeddings must be at least 2 tokens, got {value}.")
+        raise CtxextError(f"original_max_position_embeddings must be at least 2 tokens, got {value}.")
     return value
 
 
@@ -154,7 +156,7 @@ def check_factor(factor: object) -> float:
     """`factor` as a float >= 1 (1 is the identity), or a TypeError/ValueError that says why not."""
     factor = _check_number("factor", factor)
     if factor < 1.0:
-        raise ValueError(
+        raise CtxextError(
             f"factor must be >= 1 (the new window divided by the original one), got {factor:g}; "
             "ctxext extends windows, it does not shrink them."
         )
@@ -177,7 +179,7 @@ def resolve(
     unknown = sorted(set(params) - set(spec.params))
     if unknown:
         valid = ", ".join(spec.params) or "none besides factor and original_max_position_embeddings"
-        raise ValueError(
+        raise CtxextError(
             f"Unknown parameter(s) {', '.join(unknown)} for method {spec.name!r}; valid parameters: {valid}."
         )
     values: dict[str, float | None] = dict(spec.params)
@@ -187,15 +189,15 @@ def resolve(
         values[name] = _check_number(name, value)
     if "beta_fast" in values:
         if not 0 < values["beta_slow"] < values["beta_fast"]:
-            raise ValueError(
+            raise CtxextError(
                 f"beta_fast must be greater than beta_slow and both positive, got "
                 f"beta_fast={values['beta_fast']:g}, beta_slow={values['beta_slow']:g}."
             )
     if values.get("attention_factor") is not None and values["attention_factor"] <= 0:
-        raise ValueError(f"attention_factor must be positive, got {values['attention_factor']:g}.")
+        raise CtxextError(f"attention_factor must be positive, got {values['attention_factor']:g}.")
     if "low_freq_factor" in values:
         if not 0 < values["low_freq_factor"] < values["high_freq_factor"]:
-            raise ValueError(
+            raise CtxextError(
                 f"high_freq_factor must be greater than low_freq_factor and both positive, got "
                 f"low_freq_factor={values['low_freq_factor']:g}, high_freq_factor={values['high_freq_factor']:g}."
             )

@@ -11,6 +11,7 @@ the model's dtype) and `attention_scaling`, and the model's config, written with
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_rope_utils import dynamic_rope_update
 
 from .methods import METHODS, resolve
 from .rope import compute_inv_freq, default_inv_freq
-from .rope_config import GLOBAL, RopeConfigError, RopeLayout, RopePatch, plan_patch, read_layout
+from .rope_config import GLOBAL, RopeConfigError, RopeLayout, RopePatch, patched_config_dict, plan_patch, read_layout
 
 
 @dataclass
@@ -53,9 +55,45 @@ def _rotary_modules(model: nn.Module) -> list[_Target]:
     return found
 
 
+# every forward wrapped by transformers' dynamic_rope_update shares this code object
+_DYNAMIC_WRAPPER_CODE = dynamic_rope_update(lambda self, x, position_ids: None).__code__
+
+
 def _has_stock_dynamic_update(module: nn.Module) -> bool:
-    """True when the module's forward is wrapped by transformers' dynamic_rope_update."""
-    return "dynamic_rope_update" in getattr(type(module).forward, "__qualname__", "")
+    """True when the module's forward recomputes frequencies at run time in stock transformers."""
+    return getattr(type(module).forward, "__code__", None) is _DYNAMIC_WRAPPER_CODE
+
+
+def _check_stock_reading(target: _Target, patch: RopePatch, expected: dict) -> None:
+    """Build the rotary module stock transformers would build from the patched config; refuse on any difference.
+
+    This catches readers that silently reinterpret a config (Phi-3's config turns `yarn` into
+    `longrope`, for instance) before anything is changed.
+    """
+    config = target.config
+    patched = patched_config_dict(config.to_dict(), patch)
+    try:
+        stock_config = type(config).from_dict(patched)
+    except Exception as err:  # the config class's own validation
+        raise RopeConfigError(
+            f"Stock transformers cannot load {patch.scaling.method} for model type {patch.layout.model_type!r}: "
+            f"its config refuses it ({str(err).strip().splitlines()[-1].strip()}); try ntk, a plain rope_theta change."
+        ) from None
+    try:
+        with torch.device("cpu"):
+            stock = type(target.module)(stock_config)
+    except TypeError:
+        return  # not the config-only constructor of the standard contract: nothing to compare with
+    for layer_type, (inv_freq, scale) in expected.items():
+        prefix = _prefix(layer_type)
+        stock_inv_freq = getattr(stock, f"{prefix}inv_freq")
+        stock_scale = getattr(stock, f"{prefix}attention_scaling")
+        if not (torch.equal(stock_inv_freq.float(), inv_freq) and math.isclose(stock_scale, scale, rel_tol=1e-6)):
+            raise RopeConfigError(
+                f"Stock transformers would read this {patch.scaling.method} config of {patch.layout.model_type!r} "
+                "differently from what ctxext computes, so a saved checkpoint would not reload the same; "
+                "this model type is not supported for that method."
+            )
 
 
 def _check_module(target: _Target, layout: RopeLayout, layer_type: str | None) -> None:
@@ -159,6 +197,7 @@ def patch_model(
                 f"{type(target.module).__name__} does not recompute its frequencies at run time in stock "
                 "transformers, so dynamic-ntk would not survive a save and reload; use ntk or yarn instead."
             )
+        expected = {}
         for layer_type in layout.targets:
             _check_module(target, layout, layer_type)
             args = dict(
@@ -171,6 +210,11 @@ def patch_model(
             # dynamic methods start from the original window; they grow at run time
             inv_freq, scale = compute_inv_freq(scaling.method, **args)
             updates.append((target, patch, layer_type, inv_freq, scale, args))
+            # what stock transformers builds from the written config (dynamic-yarn: static yarn at factor)
+            expected[layer_type] = (
+                compute_inv_freq("yarn", **args) if scaling.method == "dynamic-yarn" else (inv_freq, scale)
+            )
+        _check_stock_reading(target, patch, expected)
 
     # 2. apply
     if scaling.method == "dynamic-yarn":

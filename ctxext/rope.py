@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from .errors import CtxextError
 from .methods import ntk_rope_theta, resolve, yarn_attention_factor
 
 RopeFunction = Callable[..., tuple[torch.Tensor, float]]
@@ -178,9 +179,9 @@ def compute_inv_freq(
     """
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 4 or dim % 2:
-        raise ValueError(f"dim (rotary dimensions) must be an even whole number >= 4, got {dim!r}.")
+        raise CtxextError(f"dim (rotary dimensions) must be an even whole number >= 4, got {dim!r}.")
     if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)) or rope_theta <= 1:
-        raise ValueError(f"rope_theta must be a number greater than 1, got {rope_theta!r}.")
+        raise CtxextError(f"rope_theta must be a number greater than 1, got {rope_theta!r}.")
     if scaling.is_identity and not scaling.spec.dynamic:
         return default_inv_freq(dim, float(rope_theta)), 1.0
     fn = ROPE_FUNCTIONS[scaling.method]

@@ -32,6 +32,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .errors import CtxextError
 from .methods import Scaling, ntk_rope_theta
 
 #: model types without RoPE, and what they use instead (for the error message)
@@ -74,6 +75,17 @@ LOCAL_LAYER_TYPES = ("sliding_attention", "chunked_attention")
 #: vLLM does not multiply max_position_embeddings by factor for these model types
 WINDOW_IS_SCALED_TYPES = ("gemma3", "gemma3_text")
 
+#: transformers v4 names that differ from the standard ones (GPT-NeoX/Pythia configs carry only these)
+V4_NAMES = {
+    "gpt_neox": {"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"},
+    "gpt_neox_japanese": {"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"},
+}
+
+#: model types whose stock config class accepts only these rope types (Phi-3 turns `yarn` into `longrope`)
+STOCK_ROPE_TYPES = {
+    "phi3": ("default", "longrope"),
+}
+
 GLOBAL = None  # the layer-type key of a model with one rope for all layers
 
 
@@ -82,7 +94,7 @@ def _key(layer_type: str | None) -> str:
     return "global" if layer_type is None else layer_type
 
 
-class RopeConfigError(ValueError):
+class RopeConfigError(CtxextError):
     """The config cannot be patched as asked; the message says why and what to do."""
 
 
@@ -197,7 +209,7 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         )
     rope_parameters = cfg.get("rope_parameters")
     rope_scaling = cfg.get("rope_scaling")
-    rope_theta = cfg.get("rope_theta")
+    rope_theta = cfg.get("rope_theta", cfg.get("rotary_emb_base"))
     if rope_parameters is None and rope_scaling is None and rope_theta is None:
         raise RopeConfigError(
             f"The config of model type {model_type!r} has no rotary position embedding settings "
@@ -358,6 +370,13 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
             f"pass replace=True (CLI: --replace) to discard it and apply {scaling.method} to the original "
             "window, or patch the unscaled base model."
         )
+    allowed = STOCK_ROPE_TYPES.get(layout.model_type)
+    written = "default" if scaling.is_identity else (scaling.spec.rope_type or "yarn")
+    if allowed and written not in allowed:
+        raise RopeConfigError(
+            f"Stock transformers' {layout.model_type} config accepts only rope types {', '.join(allowed)}, "
+            f"so a {scaling.method} checkpoint would not load as written; use ntk (a plain rope_theta change)."
+        )
     original = scaling.original_max_position_embeddings
     if original is None:
         original = layout.original_window() if layout.is_scaled else layout.max_position_embeddings
@@ -391,6 +410,9 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
         top["partial_rotary_factor"] = layout.partial_rotary_factor
     if "original_max_position_embeddings" in main or layout.top_level_original is not None:
         top["original_max_position_embeddings"] = original
+    for name, v4_name in V4_NAMES.get(layout.model_type, {}).items():
+        if name in top:
+            top[v4_name] = top[name]
     if scaling.is_identity:
         top["ctxext"] = None
     else:
@@ -416,7 +438,5 @@ def patched_config_dict(config: Mapping[str, Any], patch: RopePatch) -> dict[str
             cfg.pop(key, None)
         else:
             cfg[key] = copy.deepcopy(value)
-    if "rotary_pct" in cfg and "partial_rotary_factor" in patch.top_level:
-        cfg["rotary_pct"] = patch.top_level["partial_rotary_factor"]
     return out
 

@@ -1,0 +1,94 @@
+"""The `ctxext` command line: a thin map from subcommands to library functions.
+
+    ctxext --help
+    ctxext patch meta-llama/Llama-3.2-1B --method yarn --factor 8 --output llama-yarn-x8
+
+Each subcommand lives in `ctxext/commands/<name>.py` and exposes `register(subparsers)`, which adds
+its parser and sets `func`. Heavy imports (torch, transformers) happen inside `func`, so config-only
+commands start fast. Bad input raises CtxextError: one sentence on stderr, exit status 2, no
+traceback (set CTXEXT_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from . import __version__
+from .errors import CtxextError
+
+#: subcommands in the order `ctxext --help` lists them
+COMMANDS: tuple[str, ...] = ()
+
+EPILOG = """\
+examples:
+  ctxext patch meta-llama/Llama-3.2-1B --method yarn --factor 8 --output llama-yarn-x8
+  ctxext info llama-yarn-x8
+  ctxext <command> --help     worked examples for each command
+"""
+
+
+class ArgumentError(CtxextError):
+    """argparse's complaint, re-raised so that it is reported like every other bad input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print usage and exit 2 itself
+        raise ArgumentError(f"{self.prog}: {message[0].upper()}{message[1:]}; see {self.prog} --help.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ctxext",
+        description="Extend the context window of RoPE language models: patch, fine-tune, evaluate.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ctxext {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(f"ctxext.commands.{name}").register(subparsers)
+    return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number greater than 0, got {value}")
+    return value
+
+
+def number(text: str) -> float:
+    """argparse type: a finite number (range checks are the library's job)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if not hasattr(args, "func"):
+            build_parser().print_help()
+            return 0
+        result = args.func(args)
+        return int(result or 0)
+    except CtxextError as err:
+        if os.environ.get("CTXEXT_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `ctxext` subcommand; each exposes `register(subparsers)` (see ctxext.cli)."""
