@@ -1,0 +1,82 @@
+"""Write outputs so that a failure or an interrupt never leaves a half-written file or directory.
+
+    with staged_directory("out/llama-yarn", overwrite=False) as tmp:
+        ...write into tmp...
+    # renamed to out/llama-yarn only if the block finished
+
+    atomic_write_json("out/eval/passkey.json", results)   # readers see the old or the new file
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import CtxextError
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a temporary sibling, then rename it over `path` (atomic on one filesystem)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def check_output_dir(dst: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse an existing output (unless overwrite) or an unwritable parent, before any work starts."""
+    dst = Path(dst).expanduser()
+    if dst.exists() and not overwrite:
+        raise CtxextError(f"Output {dst} already exists; choose another --output or pass --overwrite.")
+    if dst.exists() and not dst.is_dir():
+        raise CtxextError(f"Output {dst} exists and is not a directory; choose another --output.")
+    parent = dst.absolute().parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CtxextError(f"Cannot write to {existing}: permission denied; choose another --output.")
+    return dst
+
+
+@contextlib.contextmanager
+def staged_directory(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `dst`; on success it replaces `dst`, on any error it is removed.
+
+    Parent directories created for the output are removed again on failure, so an error leaves
+    the filesystem as it found it.
+    """
+    dst = check_output_dir(dst, overwrite)
+    created = [p for p in reversed(dst.absolute().parents) if not p.exists()]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    try:
+        yield tmp
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
