@@ -63,3 +63,20 @@ def tiny_model(model_type: str = "llama", seed: int = 0, dtype: torch.dtype = to
 def token_ids(length: int, vocab_size: int = 128, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab_size, (1, length), generator=g)
+
+
+def tiny_tokenizer():
+    """A character-level tokenizer over ASCII whose 128 ids match the tiny models' vocabulary.
+
+    ids 0-3 are <pad>, <s>, </s>, <unk> (the tiny configs' pad/bos/eos ids); id i >= 4 is chr(i).
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials)} | {chr(i): i for i in range(4, 128)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("(?m)."), behavior="isolated")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
