@@ -142,8 +142,9 @@ def causal_lm_loss(
 ) -> torch.Tensor:
     """Mean next-token loss of a Hugging Face causal LM over `input_ids` [B, T], chunked over the head.
 
-    `position_ids` [B, T] (PoSE) are passed to the decoder with an all-ones attention mask, so that
-    transformers does not mistake their skips for the boundaries of packed sequences.
+    `position_ids` [B, T] (PoSE) are passed to the decoder with an all-ones attention mask: without a
+    mask or a cache, transformers reads a jump in position ids as the boundary between packed
+    sequences and would stop tokens after a PoSE skip from attending to those before it.
     """
     decoder = model.get_decoder()
     head = model.get_output_embeddings()

@@ -1,6 +1,6 @@
 """Training data: documents tokenized once (cached on disk), joined with EOS, cut into fixed-length sequences.
 
-    tokens = load_tokens("book.txt", tokenizer)                       # np.memmap of uint32 token ids
+    tokens = tokenize(read_dataset("book.txt"), tokenizer)            # np.memmap of uint32 token ids
     samples = SampleStream(tokens, length=4096, total=800, seed=0)    # item k: the k-th training sample
     samples = SampleStream(tokens, length=512, total=800, seed=0, pose_target=4096)   # PoSE
 
@@ -81,37 +81,39 @@ def token_stream(texts: Any, tokenizer: Any, cache_dir: str | os.PathLike | None
     return np.memmap(path, dtype=np.uint32, mode="r")
 
 
-def load_tokens(
-    dataset: Any,
-    tokenizer: Any = None,
-    split: str = "train",
-    text_field: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> np.ndarray:
-    """Token ids to train on, from a file / directory / hub name, a `datasets.Dataset`, or ids already.
+def read_dataset(dataset: Any, split: str = "train", text_field: str | None = None) -> Any:
+    """Documents or token ids to train on, checked before anything is tokenized or loaded.
 
-    A 1-D sequence of ints (list, numpy array, tensor) is taken as one pre-tokenized stream.
+    A file / folder / hub name is read with `ctxext.data.load_texts`; a `datasets.Dataset` must have
+    a `text` column; a 1-D sequence of ints (list, numpy array, tensor) is one pre-tokenized stream.
     """
-    if isinstance(dataset, (str, os.PathLike)) or hasattr(dataset, "column_names"):
-        if tokenizer is None:
-            raise CtxextError("Text data needs a tokenizer: pass tokenizer=..., or give token ids instead of text.")
-        if isinstance(dataset, (str, os.PathLike)):
-            from .data import load_texts
+    if isinstance(dataset, (str, os.PathLike)):
+        from .data import load_texts
 
-            texts = load_texts(dataset, split=split, text_field=text_field)
-        else:
-            if "text" not in dataset.column_names:
-                raise CtxextError(
-                    f"The dataset has no `text` column (columns: {', '.join(dataset.column_names)}); rename it to `text`."
-                )
-            texts = dataset
-        return token_stream(texts, tokenizer, cache_dir)
+        return load_texts(dataset, split=split, text_field=text_field)
+    if hasattr(dataset, "column_names"):
+        if "text" not in dataset.column_names:
+            raise CtxextError(
+                f"The dataset has no `text` column (columns: {', '.join(dataset.column_names)}); rename it to `text`."
+            )
+        if len(dataset) == 0:
+            raise CtxextError("The dataset is empty: it has no documents.")
+        return dataset
     ids = np.asarray(dataset.cpu() if isinstance(dataset, torch.Tensor) else dataset)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids.size and ids.min() < 0):
         raise CtxextError(
             "Token data must be a 1-D sequence of non-negative integer ids; give a text file or dataset otherwise."
         )
     return ids
+
+
+def tokenize(data: Any, tokenizer: Any, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """The token stream of what `read_dataset` returned (ids pass through unchanged)."""
+    if isinstance(data, np.ndarray):
+        return data
+    if tokenizer is None:
+        raise CtxextError("Text data needs a tokenizer: pass tokenizer=..., or give token ids instead of text.")
+    return token_stream(data, tokenizer, cache_dir)
 
 
 def pose_position_ids(length: int, target: int, generator: torch.Generator, chunks: int = 2) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 
 from ctxext.errors import CtxextError
 from ctxext.loss import causal_lm_loss
-from ctxext.packing import SampleStream, load_tokens, pose_position_ids, token_stream
+from ctxext.packing import SampleStream, pose_position_ids, read_dataset, token_stream, tokenize
 from tiny import tiny_model, tiny_tokenizer, token_ids
 
 EOS = 2
@@ -54,16 +54,18 @@ def test_cache_key_follows_the_tokenizer(tmp_path):
     assert len(list((tmp_path / "tokens").glob("*.u32"))) == 2
 
 
-def test_load_tokens_from_a_jsonl_file_and_from_ids(tmp_path):
+def test_tokens_from_a_jsonl_file_and_from_ids(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text('{"text": "ab"}\n{"text": "  "}\n{"text": "cd"}\n')
-    stream = load_tokens(path, tiny_tokenizer(), cache_dir=tmp_path / "cache")
+    stream = tokenize(read_dataset(path), tiny_tokenizer(), cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(stream, [97, 98, EOS, 99, 100, EOS])  # the blank document is dropped
-    np.testing.assert_array_equal(load_tokens(torch.tensor([5, 6, 7])), [5, 6, 7])
+    np.testing.assert_array_equal(tokenize(read_dataset(torch.tensor([5, 6, 7])), None), [5, 6, 7])
     with pytest.raises(CtxextError, match="1-D sequence"):
-        load_tokens([[1, 2]])
+        read_dataset([[1, 2]])
+    with pytest.raises(CtxextError, match="no `text` column"):
+        read_dataset(datasets.Dataset.from_dict({"body": ["x"]}))
     with pytest.raises(CtxextError, match="needs a tokenizer"):
-        load_tokens(path)
+        tokenize(read_dataset(path), None)
 
 
 def test_packed_sequences_are_consecutive_windows_and_the_tail_is_dropped():
