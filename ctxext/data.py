@@ -59,7 +59,14 @@ def load_texts(source: str | os.PathLike, split: str = "train", text_field: str 
     dataset = dataset.select_columns([field])
     if field != "text":
         dataset = dataset.rename_column(field, "text")
-    dataset = dataset.filter(lambda row: bool(row["text"] and row["text"].strip()))
+    # a progress bar for dropping blank documents is noise, and it would break one-line error output
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        dataset = dataset.filter(lambda row: bool(row["text"] and row["text"].strip()))
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
     if len(dataset) == 0:
         raise CtxextError(f"Dataset {text!r} is empty: it has no non-blank documents.")
     return dataset
