@@ -12,12 +12,20 @@ of logits at a time and no matmul is recomputed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 IGNORE_INDEX = -100
+#: float32 logits one chunk may hold (64 MiB): 256 tokens at a 49k vocabulary, 128 at Llama 3's 128k
+CHUNK_LOGITS = 2**24
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk: the largest power of two whose float32 logits fit CHUNK_LOGITS (at least 16)."""
+    return max(16, 2 ** int(math.log2(max(1, CHUNK_LOGITS // vocab_size))))
 
 
 @dataclass(frozen=True)
@@ -106,14 +114,16 @@ def chunked_cross_entropy(
     weight: torch.Tensor,
     labels: torch.Tensor,
     bias: torch.Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     transform: LogitTransform = LogitTransform(),
 ) -> torch.Tensor:
     """Mean cross-entropy of the head `hidden @ weight.T + bias` against `labels` (IGNORE_INDEX skipped).
 
     hidden [..., H] and labels [...] (already aligned: labels[t] is the token that follows t);
     equal to `F.cross_entropy(transform(hidden @ weight.T + bias), labels)` in value and gradient.
+    `chunk_size` tokens per chunk; None = default_chunk_size(vocabulary).
     """
+    chunk_size = chunk_size or default_chunk_size(weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     hidden2d = hidden.reshape(-1, hidden.shape[-1])  # [N, H]
@@ -138,7 +148,7 @@ def causal_lm_loss(
     model: nn.Module,
     input_ids: torch.Tensor,
     position_ids: torch.Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Mean next-token loss of a Hugging Face causal LM over `input_ids` [B, T], chunked over the head.
 

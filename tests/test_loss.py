@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ctxext.loss import IGNORE_INDEX, LogitTransform, causal_lm_loss, chunked_cross_entropy
+from ctxext.loss import IGNORE_INDEX, LogitTransform, causal_lm_loss, chunked_cross_entropy, default_chunk_size
 from tiny import ARCHITECTURES, tiny_model, token_ids
 
 
@@ -87,3 +87,9 @@ def test_model_loss_equals_the_architectures_own_loss_and_gradients(arch):
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_default_chunk_holds_at_most_64_mib_of_float32_logits():
+    for vocab, tokens in [(128, 131072), (32000, 512), (49152, 256), (128256, 128), (151936, 64)]:
+        assert default_chunk_size(vocab) == tokens
+        assert tokens * vocab * 4 <= 64 * 2**20
