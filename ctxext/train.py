@@ -71,19 +71,19 @@ class Recipe:
     lora_target: str = "attention"  # q, k, v, o projections; or "all-linear"
     train_embeddings_and_norms: bool = False  # LongLoRA's LoRA+: embeddings and norms trained fully
     gradient_checkpointing: bool = True
-    loss_chunk_size: int = 1024
+    loss_chunk_size: int | None = None  # tokens per LM-head chunk; None = 64 MiB of float32 logits
     save_every: int = 50  # 0 = no checkpoints
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "lora_r", "loss_chunk_size")
+        positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "lora_r")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CtxextError(f"{name} must be a whole number greater than 0, got {value!r}.")
-        for name in ("seq_len", "pose_window"):
+        for name, least in (("seq_len", 2), ("pose_window", 2), ("loss_chunk_size", 1)):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
-                raise CtxextError(f"{name} must be a whole number of tokens, at least 2, got {value!r}.")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise CtxextError(f"{name} must be a whole number of tokens, at least {least}, got {value!r}.")
         for name in ("warmup_steps", "save_every", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -135,7 +135,7 @@ class TrainResult:
     """What `finetune` returns: where the checkpoint is, the merged model in memory, and the log."""
 
     output_dir: Path
-    model: Any  # the merged model in eval mode (None on other ranks of a sharded FSDP run)
+    model: Any  # the merged model in eval mode (None on the other processes of an FSDP run)
     tokenizer: Any
     log: list[dict] = field(default_factory=list)  # one record per optimizer step, as in train_log.jsonl
 
@@ -180,7 +180,7 @@ def finetune(
     lora_target: str = "attention",
     train_embeddings_and_norms: bool = False,
     gradient_checkpointing: bool = True,
-    loss_chunk_size: int = 1024,
+    loss_chunk_size: int | None = None,
     save_every: int = 50,
     resume: bool = False,
     overwrite: bool = False,
@@ -261,6 +261,11 @@ def finetune(
     if vocab_size and tokenizer is None and int(tokens.max()) >= vocab_size:
         raise CtxextError(f"Token id {int(tokens.max())} is outside the model's vocabulary of {vocab_size:,}.")
 
+    from accelerate.utils import DistributedType
+
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    if sharded and not isinstance(model, (str, os.PathLike)):
+        raise CtxextError("Under FSDP, give the model as a hub id or checkpoint directory, not a loaded model object.")
     world = accelerator.num_processes
     run = {
         "ctxext": __version__,
@@ -282,10 +287,10 @@ def finetune(
     from .packing import SampleStream
     from .patch import patch_model
 
+    from .loading import load_model, pick_dtype
+
     set_seed(recipe.seed)
     if isinstance(model, (str, os.PathLike)):
-        from .loading import load_model
-
         model, _ = load_model(source, device=str(accelerator.device), dtype=dtype)
     patch_model(model, scaling.method, scaling.factor, original_max_position_embeddings=original_max_position_embeddings, **params)
     peft_model = _with_lora(model, recipe)
@@ -377,10 +382,19 @@ def finetune(
     bar.close()
 
     # -- merge and save ----------------------------------------------------------------------------
-    unwrapped = accelerator.unwrap_model(module).peft_model
+    if sharded:
+        def unsharded() -> Any:  # on the CPU, in the dtype training used on the device
+            trained_dtype = str(pick_dtype(dtype, accelerator.device.type)).removeprefix("torch.")
+            copy, _ = load_model(source, device="cpu", dtype=trained_dtype)
+            patch_model(copy, scaling.method, scaling.factor, original_max_position_embeddings=original_max_position_embeddings, **params)
+            return _LossModule(_with_lora(copy, recipe), recipe.loss_chunk_size)
+
+        unwrapped = _gather_unsharded(accelerator, module, unsharded)  # None on the other processes
+    else:
+        unwrapped = accelerator.unwrap_model(module).peft_model
     if accelerator.is_main_process:
         unwrapped.save_pretrained(run_dir / "adapter")
-    merged = _merge(unwrapped)
+    merged = None if unwrapped is None else _merge(unwrapped)
     if accelerator.is_main_process:
         card_recipe = _card_recipe(run, log, length, pose_target, global_batch, n_trainable)
         _write_output(output, overwrite, merged, tokenizer, run_dir, source, patch, card_recipe)
@@ -569,14 +583,20 @@ def _with_lora(model: Any, recipe: Recipe) -> Any:
     extras = _embeddings_and_norms(model) if recipe.train_embeddings_and_norms else None
     head = model.get_output_embeddings()
     tied = head is not None and head.weight is model.get_input_embeddings().weight
+    # a trained tied embedding must stay tied to the head; peft offers that from 0.18 on
+    tying = {"ensure_weight_tying": True} if extras and tied else {}
+    if tying and "ensure_weight_tying" not in LoraConfig.__dataclass_fields__:
+        raise CtxextError(
+            "Training the embeddings of a model whose head is tied to them needs peft 0.18 or newer; upgrade peft."
+        )
     config = LoraConfig(
         r=recipe.lora_r,
         lora_alpha=recipe.lora_alpha,
         lora_dropout=recipe.lora_dropout,
         target_modules="all-linear" if recipe.lora_target == "all-linear" else _attention_projections(model),
         modules_to_save=extras,
-        ensure_weight_tying=bool(extras) and tied,  # a trained tied embedding stays tied to the head
         task_type="CAUSAL_LM",
+        **tying,
     )
     return get_peft_model(model, config)
 
@@ -585,7 +605,7 @@ class _LossModule(nn.Module):
     """What accelerate wraps (DDP, FSDP): the LoRA model and the chunked loss, so that the forward
     pass, and with it gradient synchronisation, goes through the wrapper."""
 
-    def __init__(self, peft_model: Any, chunk_size: int):
+    def __init__(self, peft_model: Any, chunk_size: int | None):
         super().__init__()
         self.peft_model = peft_model
         self.chunk_size = chunk_size
@@ -595,6 +615,17 @@ class _LossModule(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         # input_ids [B, T], position_ids [B, T] or None -> mean next-token loss
         return causal_lm_loss(self.peft_model.get_base_model(), input_ids, position_ids, self.chunk_size)
+
+
+def _gather_unsharded(accelerator: Any, module: Any, build: Callable[[], Any]) -> Any:
+    """FSDP shards every weight across processes: gather the full state onto the main process and load
+    it into an unsharded copy of the LoRA model built there (the other processes get None)."""
+    state = accelerator.get_state_dict(module)  # every process takes part; the main one gets the full dict
+    if not accelerator.is_main_process:
+        return None
+    copy = build()
+    copy.load_state_dict(state)
+    return copy.peft_model
 
 
 def _merge(peft_model: Any) -> Any:

@@ -81,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     mem = p.add_argument_group("memory and checkpoints")
     mem.add_argument("--no-gradient-checkpointing", action="store_true", help="keep activations (faster, far more memory)")
-    mem.add_argument("--loss-chunk-size", type=positive_int, default=1024, help="tokens per LM-head chunk in the loss (default: 1024)")
+    mem.add_argument("--loss-chunk-size", type=positive_int,
+                     help="tokens per LM-head chunk in the loss (default: 64 MiB of float32 logits, 256 at a 49k vocabulary)")  # fmt: skip
     mem.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                      help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")  # fmt: skip
     mem.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps, 0 for never (default: 50)")
