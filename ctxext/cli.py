@@ -20,7 +20,7 @@ from . import __version__
 from .errors import CtxextError
 
 #: subcommands in the order `ctxext --help` lists them
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("patch", "info")
 
 EPILOG = """\
 examples:

@@ -253,6 +253,7 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         if params.get("rope_theta") is None:
             where = "" if layer_type is None else f" for {layer_type} layers"
             raise RopeConfigError(f"The config of {model_type!r} gives no rope_theta{where}; add it to config.json.")
+        params.pop("type", None)  # the legacy spelling of rope_type
         if params["rope_type"] == "su":
             params["rope_type"] = "longrope"
 
