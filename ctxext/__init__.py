@@ -34,6 +34,8 @@ _EXPORTS = {
     "RopeConfigError": "ctxext.rope_config",
     "read_layout": "ctxext.rope_config",
     "patch_model": "ctxext.patch",
+    "patch_checkpoint": "ctxext.checkpoint",
+    "CtxextError": "ctxext.errors",
 }
 
 __all__ = sorted(_EXPORTS)
