@@ -284,7 +284,10 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         section=section,
     )
     if not layout.targets:
-        raise RopeConfigError(f"Model type {model_type!r} has rope on local (sliding-window) layers only; nothing to extend.")
+        raise RopeConfigError(
+            f"Model type {model_type!r} has rope on its sliding-window layers only and no positional encoding "
+            "(NoPE) on its global layers, which already reach any length; there is nothing for ctxext to extend."
+        )
     return layout
 
 
