@@ -34,6 +34,8 @@ _EXPORTS = {
     "RopeConfigError": "ctxext.rope_config",
     "read_layout": "ctxext.rope_config",
     "patch_model": "ctxext.patch",
+    "evaluate_passkey": "ctxext.passkey",
+    "evaluate_perplexity": "ctxext.perplexity",
 }
 
 __all__ = sorted(_EXPORTS)

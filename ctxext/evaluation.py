@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 from .errors import CtxextError
 from .io import atomic_write_json
-from .loading import check_source, load_model, load_tokenizer
+from .loading import check_source, load_model, load_tokenizer, pick_device, pick_dtype
 
 #: a model to evaluate: a local directory or hub id, or a (name, model, tokenizer) triple in memory
 ModelSpec = Union[str, os.PathLike, tuple]
@@ -81,6 +81,11 @@ def resolve_models(models: ModelSpec | Sequence[ModelSpec]) -> list[ModelEntry]:
     if duplicate is not None:
         raise CtxextError(f"Model name {duplicate!r} is given twice; give each model once (or distinct names to in-memory models).")
     return entries
+
+
+def check_device(device: str | None, dtype: str | None) -> None:
+    """Refuse a device this machine lacks or an unknown dtype before anything is loaded."""
+    pick_dtype(dtype, pick_device(device))
 
 
 def model_device(model: Any) -> Any:

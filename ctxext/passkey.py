@@ -45,6 +45,7 @@ from .errors import CtxextError
 from .evaluation import (
     ModelSpec,
     ResultsFile,
+    check_device,
     format_table,
     iterate_models,
     parse_lengths,
@@ -481,6 +482,7 @@ def evaluate_passkey(
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise CtxextError(f"batch_size must be a whole number of at least 1, got {batch_size!r}.")
     entries = resolve_models(models)
+    check_device(device, dtype)
     out = ResultsFile(output_dir, "passkey.json", resume=resume, overwrite=overwrite)
 
     # every prompt, per tokenizer, before any model loads (a too-short length fails here)
