@@ -91,10 +91,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     perplexity.set_defaults(func=run_perplexity)
 
 
+def _quiet(args: argparse.Namespace) -> None:
+    """--quiet also silences transformers' and datasets' own progress bars (loading weights, filtering)."""
+    if args.quiet:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        try:
+            import datasets
+
+            datasets.disable_progress_bars()
+        except ImportError:
+            pass
+
+
 def run_passkey(args: argparse.Namespace) -> int:
     from ..evaluation import one_line_warnings
     from ..passkey import evaluate_passkey, passkey_table
 
+    _quiet(args)
     with one_line_warnings():
         report = evaluate_passkey(
             args.models, args.lengths, depths=args.depths, trials=args.trials, seed=args.seed, digits=args.digits,
@@ -110,6 +125,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from ..evaluation import one_line_warnings
     from ..perplexity import evaluate_perplexity, perplexity_table
 
+    _quiet(args)
     with one_line_warnings():
         report = evaluate_perplexity(
             args.models, args.dataset, args.lengths, stride=args.stride, samples=args.samples, split=args.split,
