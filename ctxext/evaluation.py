@@ -9,8 +9,8 @@ A model is a source (a local directory or a hub id, loaded when its turn comes) 
 
 The results file (`passkey.json`, `perplexity.json`) is rewritten atomically after every batch,
 so an interrupted run keeps what it finished; `resume=True` reads it back and skips that work.
-The output directory is created by the first write, and removed again if the run fails before it
-wrote anything, so bad input never leaves an empty directory behind.
+The output directory is created by the first write, after the first finished batch, so bad input
+or a model that does not load never leaves an empty directory behind.
 """
 
 from __future__ import annotations
@@ -164,17 +164,15 @@ def parse_lengths(lengths: Iterable[int]) -> list[int]:
 
 
 class ResultsFile:
-    """`DIR/<name>.json` holding `results` records (plus what `extra(results)` adds), rewritten atomically.
+    """`DIR/<name>.json` holding `results` records (and a summary), rewritten atomically after each batch.
 
-    Nothing is created until the first `write`; `discard_if_empty` removes the directories that the
-    first write created when the run fails before writing anything.
+    Nothing is created until the first `write`, which comes with the first finished batch: a run that
+    fails before it (bad input, a model that does not load) leaves no directory behind.
     """
 
     def __init__(self, output_dir: str | os.PathLike | None, filename: str, resume: bool, overwrite: bool):
         self.path: Path | None = None
         self.results: list[dict] = []
-        self._created: list[Path] = []
-        self._written = False
         if output_dir is None:
             if resume:
                 raise CtxextError("resume needs an output directory to continue from; pass output_dir (--output).")
@@ -208,22 +206,9 @@ class ResultsFile:
         return results
 
     def write(self, data: dict) -> None:
-        if self.path is None:
-            return
-        if not self._written:
-            self._created = [p for p in (self.path.parent.absolute(), *self.path.parent.absolute().parents) if not p.exists()]
+        if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._written = True
-        atomic_write_json(self.path, data)
-
-    def discard_if_empty(self) -> None:
-        """Remove directories this file's first write created, if the run failed with nothing kept."""
-        if self.path is not None and self._written and not self.results:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            for directory in self._created:  # innermost first
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
+            atomic_write_json(self.path, data)
 
 
 @contextlib.contextmanager

@@ -531,9 +531,6 @@ def evaluate_passkey(
                     )
                 out.write({"results": results, "summary": summarize(results)})
                 bar.update(len(batch))
-    except BaseException:
-        out.discard_if_empty()
-        raise
     finally:
         bar.close()
     report = {"results": results, "summary": summarize(results)}

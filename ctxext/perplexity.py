@@ -265,9 +265,6 @@ def evaluate_perplexity(
                 assert count == scored_tokens[length], (count, scored_tokens[length])
                 results.append({"model": entry.name, "length": length, "perplexity": math.exp(nll / count), "tokens": count})
                 out.write({"results": results})
-    except BaseException:
-        out.discard_if_empty()
-        raise
     finally:
         bar.close()
     report = {"results": results}

@@ -28,6 +28,9 @@ from ctxext.passkey import (
 from evalkit import InductionOracle, byte_tokenizer, one_thread, tiny_llama, trained_tokenizer  # noqa: F401
 from tiny import tiny_model
 
+# lengths past a tiny model's window are the point of several tests here
+pytestmark = pytest.mark.filterwarnings("ignore::ctxext.evaluation.LengthBeyondWindowWarning")
+
 TOKENIZERS = {"bytes": byte_tokenizer, "bpe": lambda: trained_tokenizer("bpe"), "metaspace": lambda: trained_tokenizer("metaspace")}
 RECORD_KEYS = {"model", "length", "tokens", "depth", "trial", "passkey", "prediction", "correct"}
 
