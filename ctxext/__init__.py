@@ -36,6 +36,8 @@ _EXPORTS = {
     "patch_model": "ctxext.patch",
     "patch_checkpoint": "ctxext.checkpoint",
     "CtxextError": "ctxext.errors",
+    "evaluate_passkey": "ctxext.passkey",
+    "evaluate_perplexity": "ctxext.perplexity",
 }
 
 __all__ = sorted(_EXPORTS)
