@@ -207,7 +207,9 @@ def patch_model(
                 "transformers, so dynamic-ntk would not survive a save and reload; use ntk or yarn instead."
             )
         expected = {}
-        for layer_type in layout.targets:
+        # a per-layer-type module holds buffers only for the layer types the model uses
+        used = [t for t in layout.targets if isinstance(getattr(target.module, f"{_prefix(t)}inv_freq", None), torch.Tensor)]
+        for layer_type in used:
             _check_module(target, layout, layer_type)
             args = dict(
                 dim=layout.rotary_dim,

@@ -134,6 +134,7 @@ class RopeLayout:
     metadata: Mapping[str, Any] | None = None  # the `ctxext` record of an earlier patch
     section: str | None = None  # None = top level; "text_config" for composite models
     v4_spelling: bool = False  # the config carries transformers v4 keys (rope_scaling, rope_theta...)
+    null_head_dim: bool = False  # the config says head_dim: null (derived from hidden_size / num_attention_heads)
 
     @property
     def rotary_dim(self) -> int:
@@ -305,6 +306,7 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         top_level_original=cfg.get("original_max_position_embeddings"),
         metadata=cfg.get("ctxext"),
         section=section,
+        null_head_dim="head_dim" in cfg and cfg["head_dim"] is None,
         v4_spelling=any(k in cfg for k in ("rope_scaling", "rope_theta", "rotary_emb_base", "rope_local_base_freq")),
     )
     if not layout.targets:
@@ -444,6 +446,9 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
         top["rope_scaling"] = REMOVE
     if "original_max_position_embeddings" in main or layout.top_level_original is not None:
         top["original_max_position_embeddings"] = original
+    if layout.null_head_dim and written in ("yarn", "dynamic"):
+        # stock yarn/dynamic read getattr(config, "head_dim", default) and fail on a null head_dim
+        top["head_dim"] = layout.head_dim
     if scaling.is_identity:
         top["ctxext"] = REMOVE
     else:
