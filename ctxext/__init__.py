@@ -35,6 +35,10 @@ _EXPORTS = {
     "RopeConfigError": "ctxext.rope_config",
     "read_layout": "ctxext.rope_config",
     "patch_model": "ctxext.patch",
+    "patch_checkpoint": "ctxext.checkpoint",
+    "CtxextError": "ctxext.errors",
+    "evaluate_passkey": "ctxext.passkey",
+    "evaluate_perplexity": "ctxext.perplexity",
     "finetune": "ctxext.train",
     "TrainResult": "ctxext.train",
 }

@@ -20,12 +20,13 @@ from . import __version__
 from .errors import CtxextError
 
 #: subcommands in the order `ctxext --help` lists them
-COMMANDS: tuple[str, ...] = ("train",)
+COMMANDS: tuple[str, ...] = ("patch", "info", "train", "eval")
 
 EPILOG = """\
 examples:
   ctxext patch meta-llama/Llama-3.2-1B --method yarn --factor 8 --output llama-yarn-x8
   ctxext info llama-yarn-x8
+  ctxext eval passkey meta-llama/Llama-3.2-1B llama-yarn-x8 --lengths 2048,8192 --output eval/
   ctxext <command> --help     worked examples for each command
 """
 

@@ -40,7 +40,7 @@ def load_texts(source: str | os.PathLike, split: str = "train", text_field: str 
             try:
                 dataset = datasets.load_dataset(kind, data_files=[str(p) for p in files], split="train")
             except Exception as err:  # datasets raises many types for unreadable files
-                raise CtxextError(f"Could not read {text}: {str(err).strip().splitlines()[0]}") from None
+                raise CtxextError(f"Could not read {text}: {_first_line(err)}") from None
     else:
         if text.startswith((".", "/", "~")):
             raise CtxextError(f"Dataset {text!r} not found: no such file or directory.")
@@ -48,7 +48,7 @@ def load_texts(source: str | os.PathLike, split: str = "train", text_field: str 
             dataset = datasets.load_dataset(text, split=split)
         except Exception as err:
             raise CtxextError(
-                f"Could not load dataset {text!r} (split {split!r}): {str(err).strip().splitlines()[0]}"
+                f"Could not load dataset {text!r} (split {split!r}): {_first_line(err)}"
             ) from None
     field = text_field or next((f for f in TEXT_FIELDS if f in dataset.column_names), None)
     if field is None or field not in dataset.column_names:
@@ -70,3 +70,9 @@ def load_texts(source: str | os.PathLike, split: str = "train", text_field: str 
     if len(dataset) == 0:
         raise CtxextError(f"Dataset {text!r} is empty: it has no non-blank documents.")
     return dataset
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type when the message is empty (an empty file, say)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else f"{type(err).__name__} (is it empty?)"

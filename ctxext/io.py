@@ -20,6 +20,12 @@ from typing import Any, Iterator
 from .errors import CtxextError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to a temporary sibling, then rename it over `path` (atomic on one filesystem)."""
     path = Path(path)
@@ -27,6 +33,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -62,8 +69,15 @@ def staged_directory(dst: str | os.PathLike, overwrite: bool = False) -> Iterato
     """
     dst = check_output_dir(dst, overwrite)
     created = [p for p in reversed(dst.absolute().parents) if not p.exists()]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    except OSError as err:
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise CtxextError(f"Cannot write {dst}: {err.strerror or err}; choose another --output.") from None
     try:
         yield tmp
         if dst.exists():

@@ -11,6 +11,7 @@ the model's dtype) and `attention_scaling`, and the model's config, written with
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from transformers.modeling_rope_utils import dynamic_rope_update
 
 from .methods import METHODS, resolve
 from .rope import compute_inv_freq, default_inv_freq
-from .rope_config import GLOBAL, RopeConfigError, RopeLayout, RopePatch, patched_config_dict, plan_patch, read_layout
+from .rope_config import GLOBAL, REMOVE, RopeConfigError, RopeLayout, RopePatch, patched_config_dict, plan_patch, read_layout
 
 
 @dataclass
@@ -80,10 +81,18 @@ def _check_stock_reading(target: _Target, patch: RopePatch, expected: dict) -> N
             f"its config refuses it ({str(err).strip().splitlines()[-1].strip()}); try ntk, a plain rope_theta change."
         ) from None
     try:
-        with torch.device("cpu"):
-            stock = type(target.module)(stock_config)
+        inspect.signature(type(target.module)).bind(stock_config)
     except TypeError:
         return  # not the config-only constructor of the standard contract: nothing to compare with
+    try:
+        with torch.device("cpu"):
+            stock = type(target.module)(stock_config)
+    except Exception as err:
+        raise RopeConfigError(
+            f"Stock transformers cannot build the rotary embedding of {patch.layout.model_type!r} from a "
+            f"{patch.scaling.method} config ({type(err).__name__}: {err}); this model type is not supported for "
+            "that method."
+        ) from None
     for layer_type, (inv_freq, scale) in expected.items():
         prefix = _prefix(layer_type)
         stock_inv_freq = getattr(stock, f"{prefix}inv_freq")
@@ -122,12 +131,12 @@ def _apply_config(config: Any, patch: RopePatch) -> None:
     config.rope_parameters = patch.rope_parameters
     config.max_position_embeddings = patch.max_position_embeddings
     for key, value in patch.top_level.items():
-        if key == "rope_scaling":
+        if value is REMOVE:
+            config.__dict__.pop(key, None)
+        elif key == "rope_scaling":
             # `rope_scaling` is a v5 property aliasing rope_parameters; to_dict() serialises __dict__,
             # so a __dict__ entry puts the v4 spelling into config.json without changing the alias
             config.__dict__["rope_scaling"] = value
-        elif key == "ctxext" and value is None:
-            config.__dict__.pop("ctxext", None)
         else:
             setattr(config, key, value)
 
@@ -198,7 +207,9 @@ def patch_model(
                 "transformers, so dynamic-ntk would not survive a save and reload; use ntk or yarn instead."
             )
         expected = {}
-        for layer_type in layout.targets:
+        # a per-layer-type module holds buffers only for the layer types the model uses
+        used = [t for t in layout.targets if isinstance(getattr(target.module, f"{_prefix(t)}inv_freq", None), torch.Tensor)]
+        for layer_type in used:
             _check_module(target, layout, layer_type)
             args = dict(
                 dim=layout.rotary_dim,

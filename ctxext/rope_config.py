@@ -86,6 +86,28 @@ STOCK_ROPE_TYPES = {
     "phi3": ("default", "longrope"),
 }
 
+#: model types transformers 4.57 loads as causal LMs: these get the v4 spelling next to the v5 one
+V4_MODEL_TYPES = frozenset("""
+    apertus arcee aria_text bamba bitnet blt code_llama cohere cohere2 dbrx deepseek_v2 deepseek_v3
+    diffllama doge dots1 emu3 ernie4_5 ernie4_5_moe exaone4 falcon falcon_h1 flex_olmo fuyu gemma gemma2
+    gemma3 gemma3_text gemma3n gemma3n_text glm glm4 glm4_moe gpt_neox gpt_neox_japanese gpt_oss gptj
+    granite granitemoe granitemoehybrid granitemoeshared helium hunyuan_v1_dense hunyuan_v1_moe jamba
+    jetmoe lfm2 llama llama4 llama4_text longcat_flash minimax ministral mistral mixtral mllama
+    modernbert-decoder moshi nemotron olmo olmo2 olmo3 olmoe open-llama persimmon phi phi3
+    phi4_multimodal phimoe qwen2 qwen2_moe qwen3 qwen3_moe qwen3_next recurrent_gemma seed_oss smollm3
+    stablelm starcoder2 vaultgemma zamba zamba2
+""".split())
+
+
+class _Remove:
+    """Marks a key a patch deletes from the config."""
+
+    def __repr__(self) -> str:
+        return "REMOVE"
+
+
+REMOVE = _Remove()
+
 GLOBAL = None  # the layer-type key of a model with one rope for all layers
 
 
@@ -111,6 +133,8 @@ class RopeLayout:
     top_level_original: int | None = None  # a top-level original_max_position_embeddings (Phi-3)
     metadata: Mapping[str, Any] | None = None  # the `ctxext` record of an earlier patch
     section: str | None = None  # None = top level; "text_config" for composite models
+    v4_spelling: bool = False  # the config carries transformers v4 keys (rope_scaling, rope_theta...)
+    null_head_dim: bool = False  # the config says head_dim: null (derived from hidden_size / num_attention_heads)
 
     @property
     def rotary_dim(self) -> int:
@@ -253,6 +277,7 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         if params.get("rope_theta") is None:
             where = "" if layer_type is None else f" for {layer_type} layers"
             raise RopeConfigError(f"The config of {model_type!r} gives no rope_theta{where}; add it to config.json.")
+        params.pop("type", None)  # the legacy spelling of rope_type
         if params["rope_type"] == "su":
             params["rope_type"] = "longrope"
 
@@ -281,9 +306,14 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         top_level_original=cfg.get("original_max_position_embeddings"),
         metadata=cfg.get("ctxext"),
         section=section,
+        null_head_dim="head_dim" in cfg and cfg["head_dim"] is None,
+        v4_spelling=any(k in cfg for k in ("rope_scaling", "rope_theta", "rotary_emb_base", "rope_local_base_freq")),
     )
     if not layout.targets:
-        raise RopeConfigError(f"Model type {model_type!r} has rope on local (sliding-window) layers only; nothing to extend.")
+        raise RopeConfigError(
+            f"Model type {model_type!r} has rope on its sliding-window layers only and no positional encoding "
+            "(NoPE) on its global layers, which already reach any length; there is nothing for ctxext to extend."
+        )
     return layout
 
 
@@ -398,23 +428,29 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
 
     window = window_rule(scaling.method, original, scaling.factor, layout.model_type)
     main = rope[layout.targets[0]]
-    top: dict[str, Any] = {"rope_theta": main["rope_theta"]}
-    if layout.nested and layout.model_type not in WINDOW_IS_SCALED_TYPES:
-        # v5 would let a flat v4 rope_scaling replace the per-layer dicts of these models: write none
-        top["rope_scaling"] = None
-    else:
+    top: dict[str, Any] = {}
+    speaks_v4 = layout.model_type in V4_MODEL_TYPES or layout.v4_spelling
+    if speaks_v4 and (not layout.nested or layout.model_type in WINDOW_IS_SCALED_TYPES):
+        top["rope_theta"] = main["rope_theta"]
         top["rope_scaling"] = _v4_rope_scaling(main)
-    if layout.model_type in WINDOW_IS_SCALED_TYPES and rope.get("sliding_attention"):
-        top["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
-    if layout.partial_rotary_factor != 1.0:
-        top["partial_rotary_factor"] = layout.partial_rotary_factor
+        if layout.model_type in WINDOW_IS_SCALED_TYPES and rope.get("sliding_attention"):
+            top["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
+        if layout.partial_rotary_factor != 1.0:
+            top["partial_rotary_factor"] = layout.partial_rotary_factor
+        for name, v4_name in V4_NAMES.get(layout.model_type, {}).items():
+            if name in top:
+                top[v4_name] = top[name]
+    else:
+        # a model type transformers v4 never had (or a per-layer one): v5 configs without a v4
+        # converter would read any rope_scaling key as a replacement for rope_parameters
+        top["rope_scaling"] = REMOVE
     if "original_max_position_embeddings" in main or layout.top_level_original is not None:
         top["original_max_position_embeddings"] = original
-    for name, v4_name in V4_NAMES.get(layout.model_type, {}).items():
-        if name in top:
-            top[v4_name] = top[name]
+    if layout.null_head_dim and written in ("yarn", "dynamic"):
+        # stock yarn/dynamic read getattr(config, "head_dim", default) and fail on a null head_dim
+        top["head_dim"] = layout.head_dim
     if scaling.is_identity:
-        top["ctxext"] = None
+        top["ctxext"] = REMOVE
     else:
         top["ctxext"] = {
             "method": scaling.method,
@@ -434,7 +470,7 @@ def patched_config_dict(config: Mapping[str, Any], patch: RopePatch) -> dict[str
     cfg["rope_parameters"] = patch.rope_parameters
     cfg["max_position_embeddings"] = patch.max_position_embeddings
     for key, value in patch.top_level.items():
-        if value is None and key == "ctxext":
+        if value is REMOVE:
             cfg.pop(key, None)
         else:
             cfg[key] = copy.deepcopy(value)
