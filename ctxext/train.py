@@ -185,6 +185,7 @@ def finetune(
     resume: bool = False,
     overwrite: bool = False,
     original_max_position_embeddings: int | None = None,
+    replace: bool = False,
     split: str = "train",
     text_field: str | None = None,
     dtype: str | None = None,
@@ -199,7 +200,8 @@ def finetune(
         (patched and trained in place; pass `tokenizer` to save one with it).
     dataset: a .txt/.jsonl/.json/.parquet file or folder, a `datasets` hub name, a `datasets.Dataset`
         with a `text` column, or a 1-D sequence of token ids.
-    params: the method's own parameters (beta_fast, beta_slow, attention_factor, ...).
+    original_max_position_embeddings, replace, params: as for `patch_model` (params: beta_fast,
+        beta_slow, attention_factor, ...; replace: discard a scaling the model already carries).
     on_step: called on the main process with each step's log record.
 
     Writes `output_dir` (merged checkpoint that stock transformers loads, tokenizer, `adapter/`,
@@ -239,7 +241,8 @@ def finetune(
     with accelerator.main_process_first():  # the main process downloads and tokenizes; the others read caches
         data = read_dataset(dataset, split=split, text_field=text_field)
     config = _read_config(model, source)
-    patch = plan_patch(read_layout(config), scaling)
+    patch = plan_patch(read_layout(config), scaling, replace=replace)
+    patch_args = dict(original_max_position_embeddings=original_max_position_embeddings, replace=replace, **params)
     length, pose_target = recipe.lengths(patch.original_max_position_embeddings, patch.window)
     if tokenizer is None and isinstance(model, (str, os.PathLike)):
         from .loading import load_tokenizer
@@ -274,6 +277,7 @@ def finetune(
         "factor": scaling.factor,
         "params": {k: v for k, v in scaling.params.items() if v is not None},
         "original_max_position_embeddings": patch.original_max_position_embeddings,
+        "replace": replace,
         "dataset": described,
         "tokens": int(len(tokens)),
         "processes": world,
@@ -284,15 +288,14 @@ def finetune(
     # -- the model: load, patch, LoRA ---------------------------------------------------------------
     from torch.utils.data import DataLoader
 
+    from .loading import load_model, pick_dtype
     from .packing import SampleStream
     from .patch import patch_model
-
-    from .loading import load_model, pick_dtype
 
     set_seed(recipe.seed)
     if isinstance(model, (str, os.PathLike)):
         model, _ = load_model(source, device=str(accelerator.device), dtype=dtype)
-    patch_model(model, scaling.method, scaling.factor, original_max_position_embeddings=original_max_position_embeddings, **params)
+    patch_model(model, scaling.method, scaling.factor, **patch_args)
     peft_model = _with_lora(model, recipe)
     module = _LossModule(peft_model, recipe.loss_chunk_size)
     trainable = [p for p in module.parameters() if p.requires_grad]
@@ -386,7 +389,7 @@ def finetune(
         def unsharded() -> Any:  # on the CPU, in the dtype training used on the device
             trained_dtype = str(pick_dtype(dtype, accelerator.device.type)).removeprefix("torch.")
             copy, _ = load_model(source, device="cpu", dtype=trained_dtype)
-            patch_model(copy, scaling.method, scaling.factor, original_max_position_embeddings=original_max_position_embeddings, **params)
+            patch_model(copy, scaling.method, scaling.factor, **patch_args)
             return _LossModule(_with_lora(copy, recipe), recipe.loss_chunk_size)
 
         unwrapped = _gather_unsharded(accelerator, module, unsharded)  # None on the other processes

@@ -8,6 +8,10 @@
 4. ctxext: YaRN x4 to 1,024 tokens, then a LoRA fine-tune at 1,024 (the same call as the 7B recipes).
 5. Held-out loss at 1,024 tokens for base, patched and fine-tuned, and a stock-transformers reload.
 
+One run on a shared 2-core machine (190 s), held-out loss per token (perplexity):
+base at 1,024 tokens 5.357 (212), YaRN x4 without fine-tune 5.276 (196), YaRN x4 + 40 LoRA steps
+5.227 (186); for reference the base inside its own 256-token window: 5.204 (182).
+
 Copy it, swap in your own model and text, and scale the numbers up.
 """
 
@@ -79,7 +83,7 @@ def pretrain(model, ids: torch.Tensor, steps: int, batch: int, lr: float) -> Non
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        if step % 50 == 0 or step == 1:
+        if step % 25 == 0 or step == 1:
             print(f"  pre-train step {step:4d}  loss {loss.item():.3f}")
     model.eval()
 
@@ -93,12 +97,14 @@ def held_out_loss(model, ids: torch.Tensor, length: int, n: int = 8) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="runs/tiny-yarn-x4")
-    parser.add_argument("--pretrain-steps", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=60, help="ctxext fine-tune steps")
+    parser.add_argument("--pretrain-steps", type=int, default=500)
+    parser.add_argument("--pretrain-lr", type=float, default=5e-3)
+    parser.add_argument("--steps", type=int, default=40, help="ctxext fine-tune steps")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (more only help on idle cores)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     started = time.time()
 
     docs = stdlib_docstrings()
@@ -110,13 +116,13 @@ def main() -> None:
     print(f"{len(docs):,} docstrings, {len(train_ids):,} training tokens, {len(eval_ids):,} held out")
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=WINDOW,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     model = AutoModelForCausalLM.from_config(config)
     print(f"pre-training the base model at {WINDOW} tokens")
-    pretrain(model, train_ids, args.pretrain_steps, batch=8, lr=3e-3)
+    pretrain(model, train_ids, args.pretrain_steps, batch=8, lr=args.pretrain_lr)
 
     long = WINDOW * FACTOR
     base = {"base": held_out_loss(model, eval_ids, long), f"base at its own {WINDOW}": held_out_loss(model, eval_ids, WINDOW)}

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..cli import number, positive_int
-from ..methods import METHOD_CHOICES
+from .patch import add_scaling_arguments, scaling_kwargs
 
 EPILOG = """\
 examples:
@@ -47,8 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL", help="hub id or local checkpoint directory")
-    p.add_argument("--method", required=True, choices=METHOD_CHOICES, help="RoPE scaling method")
-    p.add_argument("--factor", required=True, type=number, help="new window / original window (>= 1)")
+    add_scaling_arguments(p)
     p.add_argument("--dataset", required=True, help="a .txt/.jsonl/.json/.parquet file or folder, or a datasets hub name")
     p.add_argument("--output", required=True, help="directory to write")
 
@@ -90,22 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mem.add_argument("--overwrite", action="store_true", help="replace an existing output (and discard old checkpoints)")
     mem.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    rope = p.add_argument_group("RoPE method parameters (HF names; defaults from the method)")
-    rope.add_argument("--original-max-position-embeddings", type=positive_int, help="the pre-training window, if the config lacks it")
-    for name in ("beta-fast", "beta-slow", "attention-factor", "low-freq-factor", "high-freq-factor"):
-        rope.add_argument(f"--{name}", type=number)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train import checkpoint_dir, finetune
 
-    # only what was given: a parameter the method does not take is then a clear error, not a silent no-op
-    rope_params = {
-        key: getattr(args, key)
-        for key in ("beta_fast", "beta_slow", "attention_factor", "low_freq_factor", "high_freq_factor")
-        if getattr(args, key) is not None
-    }
     try:
         finetune(
             args.model, args.method, args.factor, args.dataset, args.output,
@@ -118,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
             train_embeddings_and_norms=args.train_embeddings_and_norms,
             gradient_checkpointing=not args.no_gradient_checkpointing, loss_chunk_size=args.loss_chunk_size,
             dtype=args.dtype, save_every=args.save_every, resume=args.resume, overwrite=args.overwrite,
-            original_max_position_embeddings=args.original_max_position_embeddings,
-            progress=not args.no_progress, **rope_params,
+            progress=not args.no_progress, **scaling_kwargs(args),
         )  # fmt: skip
     except KeyboardInterrupt:
         print(f"checkpoints are in {checkpoint_dir(args.output)}; rerun with --resume to continue", file=sys.stderr)
