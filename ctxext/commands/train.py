@@ -1,6 +1,6 @@
 """`ctxext train`: patch a model's RoPE, LoRA fine-tune it for the longer window, merge, save.
 
-    ctxext train meta-llama/Llama-3.2-1B --method yarn --factor 8 --dataset book.txt --output llama-yarn-x8
+    ctxext train HuggingFaceTB/SmolLM2-360M --method yarn --factor 4 --dataset book.txt --output smollm2-yarn-x4
 
 A thin layer over `ctxext.train.finetune`; on many GPUs the same command runs under
 `accelerate launch ... -m ctxext.cli train ...`.
@@ -17,11 +17,12 @@ from .patch import add_scaling_arguments, scaling_kwargs
 EPILOG = """\
 examples:
   # YaRN x8 on a local text file; one process, the GPU if there is one
-  ctxext train meta-llama/Llama-3.2-1B --method yarn --factor 8 --dataset book.txt --output llama-yarn-x8
+  ctxext train HuggingFaceTB/SmolLM2-360M --method yarn --factor 4 --dataset book.txt --output smollm2-yarn-x4
 
-  # PoSE: 8k-token sequences whose position ids span the 64k target window
-  ctxext train meta-llama/Llama-3.1-8B --method yarn --factor 8 --dataset pg19.jsonl --pose \\
-      --pose-window 8192 --output llama31-yarn-x8-pose
+  # PoSE: 8k-token sequences (the original window) whose position ids span 64k; --replace
+  # discards Llama 3.1's own llama3 scaling, so x8 counts from its 8k pre-training window
+  ctxext train meta-llama/Llama-3.1-8B --method yarn --factor 8 --replace --dataset pg19.jsonl --pose \\
+      --output llama31-yarn-x8-pose
 
   # the YaRN paper's Llama 2 7B s=16 setting on 8 GPUs (see recipes/ for FSDP and DeepSpeed)
   accelerate launch --config_file recipes/accelerate/ddp_8gpu.yaml -m ctxext.cli train \\
@@ -30,7 +31,7 @@ examples:
       --output llama2-7b-yarn-x16
 
   # after an interruption: the same command plus --resume continues from the last checkpoint
-  ctxext train meta-llama/Llama-3.2-1B --method yarn --factor 8 --dataset book.txt --output llama-yarn-x8 --resume
+  ctxext train HuggingFaceTB/SmolLM2-360M --method yarn --factor 4 --dataset book.txt --output smollm2-yarn-x4 --resume
 
 writes OUTPUT/ (merged weights that stock transformers loads, tokenizer, adapter/, train_log.jsonl,
 README.md); checkpoints live in OUTPUT.checkpoints/ until the run completes.
