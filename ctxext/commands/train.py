@@ -16,7 +16,7 @@ from .patch import add_scaling_arguments, scaling_kwargs
 
 EPILOG = """\
 examples:
-  # YaRN x8 on a local text file; one process, the GPU if there is one
+  # YaRN x4 (8k -> 32k) on a local text file; one process, the GPU if there is one
   ctxext train HuggingFaceTB/SmolLM2-360M --method yarn --factor 4 --dataset book.txt --output smollm2-yarn-x4
 
   # PoSE: 8k-token sequences (the original window) whose position ids span 64k; --replace
