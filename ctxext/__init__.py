@@ -2,7 +2,7 @@
 
     import ctxext
     ctxext.patch_model(model, "yarn", 8)                       # in memory
-    ctxext.patch_checkpoint("meta-llama/Llama-3.2-1B", "out/", "yarn", 8)   # on disk
+    ctxext.patch_checkpoint("meta-llama/Llama-2-7b-hf", "out/", "yarn", 8)   # on disk
     ctxext.finetune("HuggingFaceTB/SmolLM2-360M", "yarn", 4, "book.txt", "out-ft/")   # LoRA fine-tune
 
 Importing ctxext is cheap: torch and transformers load only when a function that needs them is

@@ -26,6 +26,12 @@ READERS = {
 }
 
 
+def _is_hub_id(source: str) -> bool:
+    """'org/name' that is not a local path (a model built in memory has no hub id)."""
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not is_local(source) and not source.startswith((".", "~"))
+
+
 def _table(rows: Sequence[tuple[str, Any]]) -> str:
     lines = ["| | |", "| --- | --- |"]
     lines += [f"| {key} | {value} |" for key, value in rows]
@@ -45,7 +51,7 @@ def render_model_card(
     title = name or f"{source.rstrip('/').split('/')[-1]}-{scaling.method}-x{scaling.factor:g}"
     params = {k: v for k, v in scaling.params.items() if v is not None}
     front = ["---", "library_name: transformers", "tags:", "- ctxext", "- rope-scaling", "- long-context"]
-    if not is_local(source):
+    if _is_hub_id(source):
         front.append(f"base_model: {source}")
     front.append("---")
     rows = [

@@ -1,6 +1,6 @@
 """Patch a checkpoint on disk by rewriting its config only: the weights are never loaded.
 
-    patch_checkpoint("meta-llama/Llama-3.2-1B", "llama-yarn-x8", "yarn", 8)
+    patch_checkpoint("meta-llama/Llama-2-7b-hf", "llama2-yarn-x8", "yarn", 8)
 
 Weight files are hard-linked into the output when it is on the same filesystem (no extra disk, no
 copy time) and copied otherwise; pickle weights (`*.bin`) are carried as files, never unpickled.

@@ -1,7 +1,7 @@
 """The `ctxext` command line: a thin map from subcommands to library functions.
 
     ctxext --help
-    ctxext patch meta-llama/Llama-3.2-1B --method yarn --factor 8 --output llama-yarn-x8
+    ctxext patch meta-llama/Llama-2-7b-hf --method yarn --factor 8 --output llama2-yarn-x8
 
 Each subcommand lives in `ctxext/commands/<name>.py` and exposes `register(subparsers)`, which adds
 its parser and sets `func`. Heavy imports (torch, transformers) happen inside `func`, so config-only
@@ -24,9 +24,9 @@ COMMANDS: tuple[str, ...] = ("patch", "info", "train", "eval")
 
 EPILOG = """\
 examples:
-  ctxext patch meta-llama/Llama-3.2-1B --method yarn --factor 8 --output llama-yarn-x8
-  ctxext info llama-yarn-x8
-  ctxext eval passkey meta-llama/Llama-3.2-1B llama-yarn-x8 --lengths 2048,8192 --output eval/
+  ctxext patch meta-llama/Llama-2-7b-hf --method yarn --factor 8 --output llama2-yarn-x8
+  ctxext info llama2-yarn-x8
+  ctxext eval passkey meta-llama/Llama-2-7b-hf llama2-yarn-x8 --lengths 2048,8192 --output eval/
   ctxext <command> --help     worked examples for each command
 """
 

@@ -1,8 +1,8 @@
 """Patch a loaded Hugging Face causal LM's rotary embedding in place.
 
-    >>> model = AutoModelForCausalLM.from_pretrained("meta-llama/Llama-3.2-1B")
+    >>> model = AutoModelForCausalLM.from_pretrained("meta-llama/Llama-2-7b-hf")
     >>> patch_model(model, "yarn", 8)            # 8x the model's window
-    >>> model.save_pretrained("llama-yarn-x8")   # loads in stock transformers, no ctxext needed
+    >>> model.save_pretrained("llama2-yarn-x8")   # loads in stock transformers, no ctxext needed
 
 Only frequencies and one attention scale change: each rotary module's `inv_freq` (float32, whatever
 the model's dtype) and `attention_scaling`, and the model's config, written with the rules of

@@ -9,7 +9,7 @@ from ..cli import number, positive_int
 
 PASSKEY_EPILOG = """\
 examples:
-  ctxext eval passkey meta-llama/Llama-3.2-1B --lengths 1024,2048,4096 --output eval/llama
+  ctxext eval passkey Qwen/Qwen2.5-0.5B --lengths 8192,16384,32768 --output eval/qwen
   ctxext eval passkey base/ yarn-x8/ tuned/ --lengths 2048,8192,16384 --depths 0,0.5,1 --trials 10 --output eval/cmp
   ctxext eval passkey base/ --lengths 4096 --output eval/base --resume     # continue an interrupted run
 

@@ -10,7 +10,7 @@ from ..methods import METHOD_CHOICES
 
 EXAMPLES = """\
 examples:
-  ctxext info meta-llama/Llama-3.2-1B
+  ctxext info meta-llama/Llama-3.1-8B
   ctxext info ./llama-yarn-x8 --json
   # which dimensions YaRN x8 keeps, interpolates or blends, as a table and a picture
   ctxext info ./my-model --method yarn --factor 8 --plot yarn-dims.png

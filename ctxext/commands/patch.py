@@ -10,7 +10,7 @@ from ..methods import METHOD_CHOICES, METHODS
 EXAMPLES = """\
 examples:
   # YaRN, 8x the model's window, from the hub
-  ctxext patch meta-llama/Llama-3.2-1B --method yarn --factor 8 --output llama-yarn-x8
+  ctxext patch meta-llama/Llama-2-7b-hf --method yarn --factor 8 --output llama2-yarn-x8
 
   # Position Interpolation on a local checkpoint, replacing an existing output
   ctxext patch ./my-model --method pi --factor 4 --output my-model-pi-x4 --overwrite
