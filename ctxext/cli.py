@@ -20,13 +20,15 @@ from . import __version__
 from .errors import CtxextError
 
 #: subcommands in the order `ctxext --help` lists them
-COMMANDS: tuple[str, ...] = ("patch", "info", "train", "eval")
+COMMANDS: tuple[str, ...] = ("demo", "patch", "info", "eval", "train")
 
 EPILOG = """\
 examples:
+  ctxext demo                 the whole loop on the embedded tiny model, offline, in minutes
   ctxext patch meta-llama/Llama-2-7b-hf --method yarn --factor 8 --output llama2-yarn-x8
   ctxext info llama2-yarn-x8
   ctxext eval passkey meta-llama/Llama-2-7b-hf llama2-yarn-x8 --lengths 2048,8192 --output eval/
+  ctxext train meta-llama/Llama-2-7b-hf --method yarn --factor 8 --dataset book.txt --output llama2-yarn-x8-tuned
   ctxext <command> --help     worked examples for each command
 """
 
