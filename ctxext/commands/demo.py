@@ -6,7 +6,7 @@ import argparse
 
 EXAMPLES = """\
 examples:
-  ctxext demo                          # ~8 minutes on 2 CPU cores; results in ./ctxext-demo/
+  ctxext demo                          # ~9 minutes on 2 CPU cores; results in ./ctxext-demo/
   ctxext demo --quick --output demo    # ~2 minutes: fewer keys and fine-tune steps
   ctxext demo --output demo --overwrite
 
