@@ -43,7 +43,8 @@ def resolve_checkpoint(source: str | os.PathLike, revision: str | None = None) -
         return Path(snapshot_download(source, revision=revision, ignore_patterns=HUB_IGNORE))
     except Exception as err:  # network, auth, missing repo: huggingface_hub raises many types
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CtxextError(f"Could not fetch {source} from the Hugging Face hub ({reason}).") from None
+        raise CtxextError(f"{source} is not a local directory, and fetching it from the Hugging Face hub failed "
+                          f"({reason}); check the path or the model id.") from None
 
 
 def read_config(directory: Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -236,7 +237,7 @@ def finetune(
             num_steps=recipe.gradient_accumulation_steps, sync_with_dataloader=False
         )
     )
-    say = _printer(accelerator.is_main_process)
+    say = _printer(accelerator.is_main_process and progress)
     described = str(dataset) if isinstance(dataset, (str, os.PathLike)) else f"in-memory {type(dataset).__name__}"
     with accelerator.main_process_first():  # the main process downloads and tokenizes; the others read caches
         data = read_dataset(dataset, split=split, text_field=text_field)
@@ -601,7 +602,9 @@ def _with_lora(model: Any, recipe: Recipe) -> Any:
         task_type="CAUSAL_LM",
         **tying,
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft still asks for transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 class _LossModule(nn.Module):

@@ -24,7 +24,7 @@ def test_the_embedded_model_retrieves_inside_its_window_and_not_at_8x():
 @pytest.mark.slow
 def test_quick_demo_writes_everything(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--output", str(out)]) == 0
+    assert main(["demo", "--quick", "--quiet", "--output", str(out)]) == 0  # the table even when quiet
     printed = capsys.readouterr().out
     report = json.loads((out / "demo.json").read_text())
     assert report["original_window"] == 256 and report["factor"] == 8

@@ -55,7 +55,8 @@ def _config(model: str, revision: str | None) -> dict:
         path = hf_hub_download(source, "config.json", revision=revision)
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CtxextError(f"Could not fetch {source}'s config.json from the Hugging Face hub ({reason}).") from None
+        raise CtxextError(f"{source} is not a local directory, and fetching its config.json from the Hugging Face "
+                          f"hub failed ({reason}); check the path or the model id.") from None
     from pathlib import Path
 
     return read_config(Path(path).parent)
