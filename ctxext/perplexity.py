@@ -5,8 +5,10 @@
     report["results"]   # [{"model": "base", "length": 2048, "perplexity": 9.81, "tokens": 163820}, ...]
 
 The protocol (Press et al. 2022, used by the PI, YaRN and LongLoRA papers): documents are tokenized
-once and every document with at least max(lengths) tokens is cut to that many (T), so that every
-length scores the same text and the numbers are comparable across lengths. At length L, windows of
+once and every document with at least T tokens is cut to that many, so that every length scores
+the same text and the numbers are comparable across lengths. T is max(lengths) by default (the YaRN
+and LongLoRA evaluations' truncation); `tokens_per_document` sets a larger T to score more of each
+document, at a cost that grows with it. At length L, windows of
 L tokens start every `stride` tokens; each window scores only the tokens that no earlier window
 scored, so every token after the first is predicted once, from up to L tokens of context. Stride = L
 gives disjoint windows, whose first tokens nothing predicts and which are left out; a smaller stride
@@ -192,6 +194,7 @@ def evaluate_perplexity(
     *,
     stride: int = DEFAULT_STRIDE,
     samples: int | None = None,
+    tokens_per_document: int | None = None,
     split: str = "test",
     text_field: str | None = None,
     output_dir: str | Path | None = None,
@@ -205,7 +208,8 @@ def evaluate_perplexity(
     """Perplexity of each model at each length; returns {"results": [{model, length, perplexity, tokens}]}.
 
     `dataset`: a .txt/.jsonl/.parquet file or folder, a `datasets` name (with `split`), a Dataset or a
-    list of strings. `samples` caps the number of documents (the first ones long enough). With
+    list of strings. `samples` caps the number of documents (the first ones long enough);
+    `tokens_per_document` (default max(lengths), at least that) is how many tokens of each are scored. With
     `output_dir`, writes perplexity.json after every length and perplexity.png at the end; `resume`
     skips the (model, length) pairs already there (it assumes the same dataset and stride).
     Bad input raises CtxextError before any model is loaded.
@@ -215,14 +219,18 @@ def evaluate_perplexity(
     lengths = parse_lengths(lengths)
     if lengths[0] < 2:
         raise CtxextError(f"Perplexity needs windows of at least 2 tokens, got length {lengths[0]}.")
-    for name, value in (("stride", stride), ("samples", samples), ("batch_size", batch_size)):
+    for name, value in (("stride", stride), ("samples", samples), ("tokens_per_document", tokens_per_document),
+                        ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise CtxextError(f"{name} must be a whole number of at least 1, got {value!r}.")
     entries = resolve_models(models)
     check_device(device, dtype)
     out = ResultsFile(output_dir, "perplexity.json", resume=resume, overwrite=overwrite)
     source, texts = _texts(dataset, split, text_field)
-    need = lengths[-1]
+    need = tokens_per_document or lengths[-1]
+    if need < lengths[-1]:
+        raise CtxextError(f"tokens_per_document ({need}) is shorter than the longest length ({lengths[-1]}); "
+                          "give at least that many or leave it unset.")
     tokenizers = {}
     key_of: dict[str, str] = {}
     for entry in entries:

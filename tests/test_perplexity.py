@@ -77,6 +77,21 @@ def test_perplexity_matches_a_direct_computation(stride):
     assert all(100 < r["perplexity"] < 1000 for r in report["results"])
 
 
+def test_more_tokens_per_document_score_whole_documents_in_disjoint_windows():
+    tokenizer = byte_tokenizer()
+    model = tiny_llama(seed=0, window=64)
+    texts = documents(2, 300, seed=3)
+    report = evaluate_perplexity([("tiny", model, tokenizer)], texts, [32, 64], stride=64, tokens_per_document=256,
+                                 progress=False)
+    ids = [tokenizer(t).input_ids[:256] for t in texts]
+    for record in report["results"]:
+        expected, count = direct_perplexity(model, ids, record["length"], record["length"])
+        assert (record["tokens"], count) == (2 * (256 - 256 // record["length"]),) * 2
+        assert record["perplexity"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(CtxextError, match="shorter than the longest length"):
+        evaluate_perplexity([("tiny", model, tokenizer)], texts, [32, 64], tokens_per_document=48, progress=False)
+
+
 def test_batching_and_softcapped_logits_give_the_same_numbers():
     tokenizer = byte_tokenizer()
     model = tiny_model("gemma2", seed=3, vocab_size=259, final_logit_softcapping=5.0)

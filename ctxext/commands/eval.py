@@ -88,6 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     perplexity.add_argument("--text-field", help="column holding the text (default: text, content, ...)")
     perplexity.add_argument("--stride", type=positive_int, default=256, help="tokens between window starts (default 256)")
     perplexity.add_argument("--samples", type=positive_int, help="at most this many documents (default: all long enough)")
+    perplexity.add_argument("--tokens-per-document", type=positive_int, metavar="T",
+                            help="score the first T tokens of each document, T >= the longest length "
+                                 "(default: the longest length); documents shorter than T are skipped")
     perplexity.set_defaults(func=run_perplexity)
 
 
@@ -128,7 +131,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
     _quiet(args)
     with one_line_warnings():
         report = evaluate_perplexity(
-            args.models, args.dataset, args.lengths, stride=args.stride, samples=args.samples, split=args.split,
+            args.models, args.dataset, args.lengths, stride=args.stride, samples=args.samples,
+            tokens_per_document=args.tokens_per_document, split=args.split,
             text_field=args.text_field, output_dir=args.output, resume=args.resume, overwrite=args.overwrite,
             device=args.device, dtype=args.dtype, batch_size=args.batch_size, progress=not args.quiet,
         )
