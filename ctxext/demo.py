@@ -1,6 +1,6 @@
 """`ctxext demo`: the whole story on the embedded tiny model, offline, in minutes on a CPU.
 
-    ctxext demo                      # about 8 minutes on 2 CPU cores, writes ./ctxext-demo/
+    ctxext demo                      # about 9 minutes on 2 CPU cores, writes ./ctxext-demo/
     ctxext demo --quick --output d   # about 2 minutes: fewer samples and fine-tune steps
 
 The embedded model (ctxext/assets/demo_model, trained by recipes/pretrain_tiny.py) retrieves a
@@ -111,15 +111,14 @@ def run_demo(
             }
             models.append((f"{method}+lora", result.model, tokenizer))
 
-        say(f"passkey retrieval at {', '.join(map(str, lengths))} tokens for {len(models)} models")
         with warnings.catch_warnings():  # beyond the base model's window is the point of the demo
             warnings.simplefilter("ignore", LengthBeyondWindowWarning)
+            say(f"passkey retrieval at {', '.join(map(str, lengths))} tokens for {len(models)} models")
             passkey = evaluate_passkey(models, lengths, depths=settings.depths, trials=settings.trials,
                                        seed=settings.seed, output_dir=tmp, progress=progress)
-        say("perplexity vs length")
-        heldout = synthetic.heldout_texts(tokenizer, settings.perplexity_documents, lengths[-1], seed=settings.seed + 1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", LengthBeyondWindowWarning)
+            say("perplexity vs length")
+            heldout = synthetic.heldout_texts(tokenizer, settings.perplexity_documents, lengths[-1],
+                                              seed=settings.seed + 1)
             perplexity = evaluate_perplexity(models, heldout, lengths, stride=window, output_dir=tmp,
                                              progress=progress)
 
@@ -146,25 +145,25 @@ def run_demo(
 
 def demo_table(report: dict[str, Any], markdown: bool = False) -> str:
     """One row per model: passkey accuracy and perplexity at each length."""
-    lengths = report["lengths"]
-    names = list(dict.fromkeys(r["model"] for r in report["rows"]))
-    cell = {(r["model"], r["length"]): r for r in report["rows"]}
+    from .evaluation import format_table
 
-    def fmt(row: dict | None) -> str:
-        if row is None:
-            return "-"
+    def fmt(row: dict) -> str:
         ppl = row.get("perplexity")
         return f"{row['accuracy']:.2f}" + (f" ({ppl:.2f})" if ppl is not None else "")
 
-    head = ["model"] + [f"{n:,} ({n // report['original_window']}x)" for n in lengths]
-    body = [[name] + [fmt(cell.get((name, n))) for n in lengths] for name in names]
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
-    widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
-    return "passkey accuracy (perplexity) by prompt length\n" + "\n".join(lines)
+    def column(n: int) -> str:
+        return f"{n:,} ({n // report['original_window']}x)"
+
+    cells = [{"model": r["model"], "length": r["length"], "cell": fmt(r)} for r in report["rows"]]
+    if not markdown:
+        return "passkey accuracy (perplexity) by prompt length\n" + format_table(cells, "cell", str, column=column)
+    lengths = report["lengths"]
+    names = list(dict.fromkeys(r["model"] for r in cells))
+    cell = {(r["model"], r["length"]): r["cell"] for r in cells}
+    head = ["model"] + [column(n) for n in lengths]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join([name] + [cell.get((name, n), "-") for n in lengths]) + " |" for name in names]
+    return "\n".join(lines)
 
 
 def render_report(report: dict[str, Any], pictures: list[str]) -> str:

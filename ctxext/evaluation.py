@@ -235,12 +235,18 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
 
-def format_table(rows: Sequence[dict], value: str, fmt: Callable[[float], str], models: Sequence[str] | None = None) -> str:
-    """A plain-text table: one row per model, one column per length, `value` formatted by `fmt`."""
+def format_table(
+    rows: Sequence[dict],
+    value: str,
+    fmt: Callable[[Any], str],
+    models: Sequence[str] | None = None,
+    column: Callable[[int], str] = str,
+) -> str:
+    """A plain-text table: one row per model, one column per length (headed `column(length)`), `value` formatted by `fmt`."""
     models = list(models or dict.fromkeys(r["model"] for r in rows))
     lengths = sorted({r["length"] for r in rows})
     cells = {(r["model"], r["length"]): fmt(r[value]) for r in rows}
-    header = ["model", *(str(n) for n in lengths)]
+    header = ["model", *(column(n) for n in lengths)]
     body = [[m, *(cells.get((m, n), "-") for n in lengths)] for m in models]
     widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in (header, *body)]

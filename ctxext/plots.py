@@ -71,17 +71,21 @@ def passkey_heatmap(results: Sequence[dict], model: str, path: str | os.PathLike
     return _save(fig, path)
 
 
+def _line_per_model(ax: Any, rows: Sequence[dict], value: str) -> None:
+    """One line per model of `value` against length, on the length axis."""
+    for model in dict.fromkeys(r["model"] for r in rows):
+        points = sorted((r["length"], r[value]) for r in rows if r["model"] == model)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+    _length_axis(ax, sorted({r["length"] for r in rows}))
+
+
 def accuracy_vs_length(summary: Sequence[dict], path: str | os.PathLike) -> Path:
     """Passkey accuracy (all depths) against length, one line per model."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
-    models = list(dict.fromkeys(r["model"] for r in summary))
-    for model in models:
-        points = sorted((r["length"], r["accuracy"]) for r in summary if r["model"] == model)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
-    _length_axis(ax, sorted({r["length"] for r in summary}))
+    _line_per_model(ax, summary, "accuracy")
     ax.set_ylim(-0.03, 1.03)
     ax.set_ylabel("passkey accuracy")
     ax.grid(True, alpha=0.3)
@@ -96,11 +100,7 @@ def perplexity_vs_length(results: Sequence[dict], path: str | os.PathLike) -> Pa
 
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
-    models = list(dict.fromkeys(r["model"] for r in results))
-    for model in models:
-        points = sorted((r["length"], r["perplexity"]) for r in results if r["model"] == model)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
-    _length_axis(ax, sorted({r["length"] for r in results}))
+    _line_per_model(ax, results, "perplexity")
     ax.set_yscale("log")
     ax.set_ylabel("perplexity (log scale)")
     ax.grid(True, which="both", alpha=0.3)
