@@ -7,7 +7,7 @@ mix), the key line "The pass key is N. Remember it. N is the pass key." (or a sh
 random depth, sometimes other key/value lines as distractors, and the question with its answer.
 
     tokenizer = build_tokenizer()
-    texts = training_texts(tokenizer, n=100, length=2048, seed=0)   # ~2048 tokens each
+    stream = training_stream(tokenizer, n=100, length=2048, seed=0)   # 100 documents of exactly 2048 tokens
 """
 
 from __future__ import annotations
@@ -159,23 +159,17 @@ class DocumentMaker:
             filler.pop()
 
 
-def _texts(tokenizer: Any, n: int, length: int, seed: int, style: str | None) -> list[str]:
-    maker, rng = DocumentMaker(tokenizer), random.Random(seed)
-    texts = []
-    for _ in range(n):
-        prompt, answer = maker.make(rng, length, style)
-        texts.append(tokenizer.decode(prompt + answer + maker.ids("."), skip_special_tokens=True))
-    return texts
-
-
-def training_texts(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[str]:
-    """`n` documents of about `length` tokens, each ending with its answered question (fine-tuning data)."""
-    return _texts(tokenizer, n, length, seed, None)
-
-
 def heldout_texts(tokenizer: Any, n: int, length: int, seed: int = 1) -> list[str]:
     """`n` documents of at least `length` tokens of mixed filler with answered questions (perplexity data)."""
-    return ["\n".join(_texts(tokenizer, 2, length, seed * 1000 + i, "mixed")) for i in range(n)]
+    maker, texts = DocumentMaker(tokenizer), []
+    for i in range(n):
+        parts = []
+        rng = random.Random(seed * 1000 + i)
+        for _ in range(2):  # two passkey documents back to back
+            prompt, answer = maker.make(rng, length, "mixed")
+            parts.append(tokenizer.decode(prompt + answer + maker.ids("."), skip_special_tokens=True))
+        texts.append("\n".join(parts))
+    return texts
 
 
 def training_stream(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[int]:

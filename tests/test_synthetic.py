@@ -5,7 +5,7 @@ import random
 import pytest
 
 from ctxext.passkey import build_prompts
-from ctxext.synthetic import DocumentMaker, build_tokenizer, heldout_texts, training_texts
+from ctxext.synthetic import DocumentMaker, build_tokenizer, heldout_texts, training_stream
 
 TOKENIZER = build_tokenizer()
 
@@ -36,8 +36,9 @@ def test_a_budget_too_small_for_the_fixed_lines_is_refused():
 
 
 def test_texts_are_seeded():
-    assert training_texts(TOKENIZER, 3, 256, seed=4) == training_texts(TOKENIZER, 3, 256, seed=4)
-    assert training_texts(TOKENIZER, 3, 256, seed=4) != training_texts(TOKENIZER, 3, 256, seed=5)
+    assert training_stream(TOKENIZER, 3, 256, seed=4) == training_stream(TOKENIZER, 3, 256, seed=4)
+    assert training_stream(TOKENIZER, 3, 256, seed=4) != training_stream(TOKENIZER, 3, 256, seed=5)
+    assert heldout_texts(TOKENIZER, 2, 256, seed=4) != heldout_texts(TOKENIZER, 2, 256, seed=5)
     (doc,) = heldout_texts(TOKENIZER, 1, 512)
     assert len(TOKENIZER(doc)["input_ids"]) >= 512
 
