@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxext.passkey import PasskeyRunner, build_prompts, prediction_text  # noqa: E402
+from ctxext.evaluation.passkey import PasskeyRunner, build_prompts, prediction_text  # noqa: E402
 
 
 def byte_tokenizer():

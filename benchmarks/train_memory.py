@@ -142,7 +142,7 @@ def warm_up(model, device: str) -> None:
     """
     import torch
 
-    from ctxext.loss import causal_lm_loss
+    from ctxext.training.loss import causal_lm_loss
 
     ids = torch.randint(3, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(2)).to(device)
     model.train()

@@ -1,11 +1,11 @@
 """Pre-train the tiny passkey model that `ctxext demo` ships, from scratch, on a CPU.
 
-    python recipes/pretrain_tiny.py --threads 1          # ~25 min on 2 cores; writes ctxext/assets/demo_model/
+    python recipes/pretrain_tiny.py --threads 1          # ~25 min on 2 cores; writes ctxext/demo/assets/demo_model/
                                                          # (the shipped weights came from exactly this command)
     python recipes/pretrain_tiny.py --output /tmp/tiny --steps 300   # a quicker look
 
 A 4-layer, 128-wide Llama (stock transformers) with a 256-token window and its own byte-level BPE
-tokenizer (ctxext.synthetic.build_tokenizer), trained on synthetic documents laid out like the
+tokenizer (ctxext.demo.synthetic.build_tokenizer), trained on synthetic documents laid out like the
 standard passkey prompt: an intro, filler (the standard "The grass is green. ..." lines, varied
 sentences, or a mix), the key line at a random depth, sometimes distractor key lines, and the
 question with its answer. The loss is the cross-entropy on the answer's digits plus 0.1 x the
@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from ctxext.passkey import evaluate_passkey
-from ctxext.synthetic import DocumentMaker, build_tokenizer
+from ctxext.evaluation.passkey import evaluate_passkey
+from ctxext.demo.synthetic import DocumentMaker, build_tokenizer
 
 WINDOW = 256
-OUTPUT = Path(__file__).resolve().parents[1] / "ctxext" / "assets" / "demo_model"
+OUTPUT = Path(__file__).resolve().parents[1] / "ctxext" / "demo" / "assets" / "demo_model"
 
 
 def make_batch(maker: DocumentMaker, rng: random.Random, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

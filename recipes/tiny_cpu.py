@@ -30,7 +30,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 import ctxext
-from ctxext.loss import causal_lm_loss
+from ctxext.training.loss import causal_lm_loss
 
 WINDOW = 256  # the base model's pre-training window
 FACTOR = 4  # -> 1,024 tokens

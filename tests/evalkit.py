@@ -61,7 +61,7 @@ def trained_tokenizer(kind: str = "bpe", vocab_size: int = 600) -> PreTrainedTok
 
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from ctxext.passkey import FILLER, KEY_LINE, QUESTION, TASK
+    from ctxext.evaluation.passkey import FILLER, KEY_LINE, QUESTION, TASK
 
     rng = random.Random(0)
     corpus = [TASK, FILLER * 3, QUESTION] + [KEY_LINE.format(key=rng.randint(10000, 99999)) for _ in range(200)]

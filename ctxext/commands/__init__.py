@@ -1,1 +1,0 @@
-"""One module per `ctxext` subcommand; each exposes `register(subparsers)` (see ctxext.cli)."""

@@ -1,0 +1,87 @@
+"""The README.md model card written next to every checkpoint ctxext produces.
+
+It names the method, factor, original and new window, says how to load the result in stock
+transformers, vLLM and llama.cpp, and (after `ctxext train`) records the recipe and eval results.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from .. import __version__
+from ..loading import is_local
+from ..rope.methods import METHODS
+from ..rope.plan import RopePatch
+
+READERS = {
+    "pi": "vLLM derives the window as max_position_embeddings x factor; llama.cpp's converter writes "
+    "linear scaling, pass `-c {window}` to use the whole window.",
+    "ntk": "a plain rope_theta change: every reader takes it as is.",
+    "dynamic-ntk": "transformers recomputes the frequencies per length; vLLM and llama.cpp do not "
+    "implement dynamic NTK the same way (llama.cpp converts it as plain RoPE).",
+    "ntk-by-parts": "vLLM releases that ignore `attention_factor` apply YaRN's attention scale anyway.",
+    "yarn": "vLLM and llama.cpp read YaRN natively.",
+    "dynamic-yarn": "stock configs cannot express dynamic YaRN: readers load static YaRN at the full factor.",
+    "llama3": "vLLM and llama.cpp read llama3 scaling natively.",
+}
+
+
+def _is_hub_id(source: str) -> bool:
+    """'org/name' that is not a local path (a model built in memory has no hub id)."""
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not is_local(source) and not source.startswith((".", "~"))
+
+
+def _table(rows: Sequence[tuple[str, Any]]) -> str:
+    lines = ["| | |", "| --- | --- |"]
+    lines += [f"| {key} | {value} |" for key, value in rows]
+    return "\n".join(lines)
+
+
+def render_model_card(
+    source: str,
+    patch: RopePatch,
+    name: str | None = None,
+    recipe: Mapping[str, Any] | None = None,
+    results: Mapping[str, Any] | None = None,
+) -> str:
+    """Markdown for README.md. `recipe` and `results` are free-form key -> value sections."""
+    scaling = patch.scaling
+    method = METHODS[scaling.method]
+    title = name or f"{source.rstrip('/').split('/')[-1]}-{scaling.method}-x{scaling.factor:g}"
+    params = {k: v for k, v in scaling.params.items() if v is not None}
+    front = ["---", "library_name: transformers", "tags:", "- ctxext", "- rope-scaling", "- long-context"]
+    if _is_hub_id(source):
+        front.append(f"base_model: {source}")
+    front.append("---")
+    rows = [
+        ("method", f"`{scaling.method}`: {method.summary}"),
+        ("factor", f"{scaling.factor:g}"),
+        ("original window", f"{patch.original_max_position_embeddings:,} tokens"),
+        ("new window", f"{patch.window:,} tokens"),
+        ("rope_type written", f"`{patch.rope_parameters.get('rope_type', 'per layer type')}`"),
+        ("max_position_embeddings", f"{patch.max_position_embeddings:,}"),
+    ]
+    if params:
+        rows.append(("parameters", ", ".join(f"`{k}={v:g}`" for k, v in params.items())))
+    if patch.layout.nested:
+        touched = ", ".join(t for t in patch.layout.targets if t)
+        rows.append(("layer types patched", f"{touched} (sliding-window layers keep their rope)"))
+    parts = [
+        "\n".join(front),
+        f"# {title}",
+        f"`{source}` with its rotary position embedding rescaled by [ctxext](https://pypi.org/project/ctxext/) "
+        f"{__version__} to reach {patch.window:,} tokens. Only the RoPE frequencies and attention scale changed; "
+        "the weights are the original ones unless a fine-tune is recorded below.",
+        _table(rows),
+        "## Load\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        'model = AutoModelForCausalLM.from_pretrained("PATH")\ntokenizer = AutoTokenizer.from_pretrained("PATH")\n```\n\n'
+        "The config carries both spellings (`rope_parameters` for transformers v5; `rope_scaling` + "
+        "`rope_theta` for v4), so either version loads the same frequencies without ctxext. "
+        + READERS[scaling.method].format(window=patch.window),
+    ]
+    if recipe:
+        parts.append("## Fine-tuning recipe\n\n" + _table(list(recipe.items())))
+    if results:
+        parts.append("## Evaluation\n\n" + _table(list(results.items())))
+    return "\n\n".join(parts) + "\n"

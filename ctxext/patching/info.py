@@ -1,0 +1,107 @@
+"""What a checkpoint's rotary embedding is, and what a scaling method would do to each dimension.
+
+    describe(config_dict)                       # torch-free: type, rotary dims, rope, windows
+    dimension_table(config_dict, "yarn", 8)     # per-dim wavelength before/after (loads the rope math)
+
+A dimension is *kept* when its frequency is unchanged, *interpolated* when divided by the factor,
+and *blended* in between; its wavelength against the original window says why (YaRN keeps dims
+that rotate many times inside the window and interpolates those that rotate less than once).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from ..rope.methods import resolve
+from ..rope.layout import RopeLayout, read_layout
+
+
+def describe(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON-ready summary of a config's RoPE: what `ctxext info` prints."""
+    layout = read_layout(config)
+    rope = {("all" if k is None else k): (dict(v) if v is not None else None) for k, v in layout.rope.items()}
+    return {
+        "model_type": layout.model_type,
+        "head_dim": layout.head_dim,
+        "partial_rotary_factor": layout.partial_rotary_factor,
+        "rotary_dim": layout.rotary_dim,
+        "rope": rope,
+        "scaled_layer_types": ["all" if t is None else t for t in layout.targets],
+        "scaling": layout.scaling_type if not layout.metadata else layout.metadata["method"],
+        "original_window": layout.original_window(),
+        "effective_window": layout.effective_window(),
+        "max_position_embeddings": layout.max_position_embeddings,
+        "ctxext": dict(layout.metadata) if layout.metadata else None,
+    }
+
+
+def _kind(ratio: float, factor: float) -> str:
+    if math.isclose(ratio, 1.0, rel_tol=1e-4):
+        return "kept"
+    if math.isclose(ratio, 1.0 / factor, rel_tol=1e-4):
+        return "interpolated"
+    return "blended"
+
+
+def dimension_table(
+    config: Mapping[str, Any], method: str, factor: float, **params: float | None
+) -> list[dict[str, Any]]:
+    """One row per rotary frequency of the first patched layer type: i, wavelengths, ratio, kind.
+
+    Dynamic methods are shown at the full new window. Imports torch (the rope math).
+    """
+    from ..rope.functions import compute_inv_freq, default_inv_freq
+
+    layout: RopeLayout = read_layout(config)
+    scaling = resolve(method, factor, **params)
+    original = scaling.original_max_position_embeddings or layout.original_window() or layout.max_position_embeddings
+    theta = float(layout.metadata["rope_theta"].get("global" if layout.targets[0] is None else layout.targets[0])
+                  if layout.metadata else layout.main["rope_theta"])
+    base = default_inv_freq(layout.rotary_dim, theta)
+    new, _ = compute_inv_freq(
+        scaling.method, layout.rotary_dim, theta, scaling.factor, original,
+        seq_len=int(round(original * scaling.factor)),
+        **{k: v for k, v in scaling.params.items() if v is not None},
+    )
+    rows = []
+    for i, (old_freq, new_freq) in enumerate(zip(base.tolist(), new.tolist())):
+        ratio = new_freq / old_freq
+        rows.append(
+            {
+                "dim": i,
+                "wavelength": 2 * math.pi / old_freq,
+                "rotations_in_window": original * old_freq / (2 * math.pi),
+                "new_wavelength": 2 * math.pi / new_freq,
+                "ratio": ratio,
+                "kind": _kind(ratio, scaling.factor),
+            }
+        )
+    return rows
+
+
+def plot_dimensions(rows: list[dict[str, Any]], path: str, title: str, original: int, window: int) -> None:
+    """Wavelength per dimension before and after, against the original and new windows (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"kept": "tab:blue", "blended": "tab:orange", "interpolated": "tab:red"}
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    dims = [r["dim"] for r in rows]
+    ax.plot(dims, [r["wavelength"] for r in rows], color="0.6", lw=1.5, label="original wavelength")
+    for kind, color in colors.items():
+        chosen = [r for r in rows if r["kind"] == kind]
+        if chosen:
+            ax.scatter([r["dim"] for r in chosen], [r["new_wavelength"] for r in chosen], s=14, color=color,
+                       label=f"{kind} ({len(chosen)})", zorder=3)
+    ax.axhline(original, color="k", ls="--", lw=1, label=f"original window ({original:,})")
+    ax.axhline(window, color="k", ls=":", lw=1, label=f"new window ({window:,})")
+    ax.set_yscale("log")
+    ax.set_xlabel("rotary dimension pair i")
+    ax.set_ylabel("wavelength (tokens)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

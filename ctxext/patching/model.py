@@ -1,0 +1,268 @@
+"""Patch a loaded Hugging Face causal LM's rotary embedding in place.
+
+    >>> model = AutoModelForCausalLM.from_pretrained("meta-llama/Llama-2-7b-hf")
+    >>> patch_model(model, "yarn", 8)            # 8x the model's window
+    >>> model.save_pretrained("llama2-yarn-x8")   # loads in stock transformers, no ctxext needed
+
+Only frequencies and one attention scale change: each rotary module's `inv_freq` (float32, whatever
+the model's dtype) and `attention_scaling`, and the model's config, written with the rules of
+`ctxext.rope.plan` so that saving and reloading in stock transformers gives the same logits.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_rope_utils import dynamic_rope_update
+
+from ..rope.methods import METHODS, resolve
+from ..rope.functions import compute_inv_freq, default_inv_freq
+from ..rope.layout import GLOBAL, RopeConfigError, RopeLayout, read_layout
+from ..rope.plan import REMOVE, RopePatch, patched_config_dict, plan_patch
+
+
+@dataclass
+class _Target:
+    """One rotary module and the config object it reads."""
+
+    name: str
+    module: nn.Module
+    config: Any
+
+
+def _prefix(layer_type: str | None) -> str:
+    return "" if layer_type is None else f"{layer_type}_"
+
+
+def _rotary_modules(model: nn.Module) -> list[_Target]:
+    """Modules that follow transformers' rotary contract: a config, an inv_freq buffer, an attention scale."""
+    found = []
+    for name, module in model.named_modules():
+        config = getattr(module, "config", None)
+        if config is None or isinstance(module, PreTrainedModel):
+            continue
+        if isinstance(getattr(module, "inv_freq", None), torch.Tensor) and hasattr(module, "attention_scaling"):
+            found.append(_Target(name, module, config))
+        elif isinstance(getattr(module, "rope_type", None), dict) and any(
+            isinstance(getattr(module, f"{t}_inv_freq", None), torch.Tensor) for t in module.rope_type
+        ):
+            found.append(_Target(name, module, config))
+    return found
+
+
+# every forward wrapped by transformers' dynamic_rope_update shares this code object
+_DYNAMIC_WRAPPER_CODE = dynamic_rope_update(lambda self, x, position_ids: None).__code__
+
+
+def _has_stock_dynamic_update(module: nn.Module) -> bool:
+    """True when the module's forward recomputes frequencies at run time in stock transformers."""
+    return getattr(type(module).forward, "__code__", None) is _DYNAMIC_WRAPPER_CODE
+
+
+def _check_stock_reading(target: _Target, patch: RopePatch, expected: dict) -> None:
+    """Build the rotary module stock transformers would build from the patched config; refuse on any difference.
+
+    This catches readers that silently reinterpret a config (Phi-3's config turns `yarn` into
+    `longrope`, for instance) before anything is changed.
+    """
+    config = target.config
+    patched = patched_config_dict(config.to_dict(), patch)
+    try:
+        stock_config = type(config).from_dict(patched)
+    except Exception as err:  # the config class's own validation
+        raise RopeConfigError(
+            f"Stock transformers cannot load {patch.scaling.method} for model type {patch.layout.model_type!r}: "
+            f"its config refuses it ({str(err).strip().splitlines()[-1].strip()}); try ntk, a plain rope_theta change."
+        ) from None
+    try:
+        inspect.signature(type(target.module)).bind(stock_config)
+    except TypeError:
+        return  # not the config-only constructor of the standard contract: nothing to compare with
+    try:
+        with torch.device("cpu"):
+            stock = type(target.module)(stock_config)
+    except Exception as err:
+        raise RopeConfigError(
+            f"Stock transformers cannot build the rotary embedding of {patch.layout.model_type!r} from a "
+            f"{patch.scaling.method} config ({type(err).__name__}: {err}); this model type is not supported for "
+            "that method."
+        ) from None
+    for layer_type, (inv_freq, scale) in expected.items():
+        prefix = _prefix(layer_type)
+        stock_inv_freq = getattr(stock, f"{prefix}inv_freq")
+        stock_scale = getattr(stock, f"{prefix}attention_scaling")
+        if not (torch.equal(stock_inv_freq.float(), inv_freq) and math.isclose(stock_scale, scale, rel_tol=1e-6)):
+            raise RopeConfigError(
+                f"Stock transformers would read this {patch.scaling.method} config of {patch.layout.model_type!r} "
+                "differently from what ctxext computes, so a saved checkpoint would not reload the same; "
+                "this model type is not supported for that method."
+            )
+
+
+def _check_module(target: _Target, layout: RopeLayout, layer_type: str | None) -> None:
+    """Refuse a rotary module whose frequencies do not follow the layout (an unfamiliar rope variant)."""
+    current = getattr(target.module, f"{_prefix(layer_type)}original_inv_freq", None)
+    if current is None:
+        current = getattr(target.module, f"{_prefix(layer_type)}inv_freq")
+    cls = type(target.module).__name__
+    if current.shape != (layout.rotary_dim // 2,):
+        raise RopeConfigError(
+            f"ctxext does not recognise the rotary embedding {cls}: it holds {current.numel()} frequencies "
+            f"where the config implies {layout.rotary_dim // 2}."
+        )
+    if layout.rope[layer_type].get("rope_type", "default") == "default" and not layout.metadata:
+        expected = default_inv_freq(layout.rotary_dim, float(layout.rope[layer_type]["rope_theta"]))
+        tol = 1e-5 if current.dtype == torch.float32 else 1e-2
+        if not torch.allclose(current.detach().float().cpu(), expected, rtol=tol, atol=0):
+            raise RopeConfigError(
+                f"ctxext does not recognise the rotary embedding {cls}: its frequencies are not "
+                "rope_theta^(-2i/d), so scaling them would not do what the method promises."
+            )
+
+
+def _apply_config(config: Any, patch: RopePatch) -> None:
+    """Write the patch into a live config: v5 attributes plus the v4 spelling for serialisation."""
+    config.rope_parameters = patch.rope_parameters
+    config.max_position_embeddings = patch.max_position_embeddings
+    for key, value in patch.top_level.items():
+        if value is REMOVE:
+            config.__dict__.pop(key, None)
+        elif key == "rope_scaling":
+            # `rope_scaling` is a v5 property aliasing rope_parameters; to_dict() serialises __dict__,
+            # so a __dict__ entry puts the v4 spelling into config.json without changing the alias
+            config.__dict__["rope_scaling"] = value
+        else:
+            setattr(config, key, value)
+
+
+def _dynamic_yarn_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook: recompute YaRN frequencies for the current length before the rotary forward."""
+    state = module._ctxext_dynamic
+    position_ids = kwargs["position_ids"] if "position_ids" in kwargs else args[1]
+    layer_type = kwargs.get("layer_type", args[2] if len(args) > 2 else None)
+    if layer_type not in state["targets"]:
+        return
+    seq_len = int(position_ids.max()) + 1
+    if state["seq_len"].get(layer_type) == seq_len:
+        return
+    inv_freq, scale = compute_inv_freq("dynamic-yarn", seq_len=seq_len, **state["args"][layer_type])
+    prefix = _prefix(layer_type)
+    buffer = getattr(module, f"{prefix}inv_freq")
+    module.register_buffer(f"{prefix}inv_freq", inv_freq.to(buffer.device), persistent=False)
+    setattr(module, f"{prefix}attention_scaling", scale)
+    state["seq_len"][layer_type] = seq_len
+
+
+def patch_model(
+    model: nn.Module,
+    method: str,
+    factor: float,
+    *,
+    original_max_position_embeddings: int | None = None,
+    replace: bool = False,
+    **params: float | None,
+) -> nn.Module:
+    """Rewrite `model`'s rotary embedding for `method` at `factor` x its window, in place; returns `model`.
+
+    `original_max_position_embeddings` defaults to the model's current window. A model that already
+    carries a scaling (Llama 3.1's llama3, Qwen's yarn, Phi-3's longrope, a ctxext patch) is refused
+    unless `replace=True`, which discards that scaling and applies `method` to the original window
+    the config records (so `factor` counts from the pre-training window, not the scaled one).
+    `factor=1` with `replace=True` restores the unscaled model.
+
+    Raises ValueError/TypeError with a sentence on bad input, and then leaves the model untouched.
+    """
+    scaling = resolve(method, factor, original_max_position_embeddings, **params)
+    targets = _rotary_modules(model)
+    if not targets:
+        config = getattr(model, "config", None)
+        if config is not None:
+            read_layout(config.to_dict())  # says what a known non-RoPE model uses instead
+        model_type = getattr(config, "model_type", type(model).__name__)
+        raise RopeConfigError(
+            f"Model {model_type!r} has no rotary embedding module ctxext can patch; "
+            "ctxext extends RoPE models such as Llama, Qwen, Mistral or Gemma."
+        )
+
+    # 1. plan everything (validation included) before touching anything
+    plans: dict[int, tuple[Any, RopePatch]] = {}
+    for target in targets:
+        if id(target.config) in plans:
+            continue
+        layout = read_layout(target.config.to_dict())
+        plans[id(target.config)] = (target.config, plan_patch(layout, scaling, replace=replace))
+    updates = []
+    for target in targets:
+        patch = plans[id(target.config)][1]
+        layout = patch.layout
+        if METHODS[scaling.method].rope_type == "dynamic" and not _has_stock_dynamic_update(target.module):
+            raise RopeConfigError(
+                f"{type(target.module).__name__} does not recompute its frequencies at run time in stock "
+                "transformers, so dynamic-ntk would not survive a save and reload; use ntk or yarn instead."
+            )
+        expected = {}
+        # a per-layer-type module holds buffers only for the layer types the model uses
+        used = [t for t in layout.targets if isinstance(getattr(target.module, f"{_prefix(t)}inv_freq", None), torch.Tensor)]
+        for layer_type in used:
+            _check_module(target, layout, layer_type)
+            args = dict(
+                dim=layout.rotary_dim,
+                rope_theta=patch.base_theta[layer_type],
+                factor=patch.scaling.factor,
+                original_max_position_embeddings=patch.original_max_position_embeddings,
+                **{k: v for k, v in patch.scaling.params.items() if v is not None},
+            )
+            # dynamic methods start from the original window; they grow at run time
+            inv_freq, scale = compute_inv_freq(scaling.method, **args)
+            updates.append((target, patch, layer_type, inv_freq, scale, args))
+            # what stock transformers builds from the written config (dynamic-yarn: static yarn at factor)
+            expected[layer_type] = (
+                compute_inv_freq("yarn", **args) if scaling.method == "dynamic-yarn" else (inv_freq, scale)
+            )
+        _check_stock_reading(target, patch, expected)
+
+    # 2. apply
+    if scaling.method == "dynamic-yarn":
+        warnings.warn(
+            "dynamic-yarn is not expressible in a stock config: it works in this process, but a checkpoint "
+            f"saved from this model loads in stock transformers as static yarn at factor {scaling.factor:g}.",
+            stacklevel=2,
+        )
+    for config, patch in plans.values():
+        _apply_config(config, patch)
+    stock_type = METHODS[scaling.method].rope_type or "yarn"
+    dynamic_args: dict[int, dict] = {}
+    for target, patch, layer_type, inv_freq, scale, args in updates:
+        module, prefix = target.module, _prefix(layer_type)
+        device = getattr(module, f"{prefix}inv_freq").device
+        module.register_buffer(f"{prefix}inv_freq", inv_freq.to(device), persistent=False)
+        if hasattr(module, f"{prefix}original_inv_freq"):
+            module.register_buffer(f"{prefix}original_inv_freq", inv_freq.clone().to(device), persistent=False)
+        setattr(module, f"{prefix}attention_scaling", scale)
+        rope_type = "default" if patch.scaling.is_identity else stock_type
+        if layer_type is GLOBAL:
+            module.rope_type = rope_type
+        else:
+            module.rope_type[layer_type] = rope_type
+        for attr in ("max_seq_len_cached", "original_max_seq_len", f"{prefix}max_seq_len_cached"):
+            if hasattr(module, attr):
+                setattr(module, attr, patch.max_position_embeddings)
+        if scaling.method == "dynamic-yarn":
+            dynamic_args.setdefault(id(module), {})[layer_type] = args
+    for target in {id(t.module): t for t in targets}.values():
+        module = target.module
+        handle = getattr(module, "_ctxext_hook", None)
+        if handle is not None:
+            handle.remove()
+            del module._ctxext_hook, module._ctxext_dynamic
+        if id(module) in dynamic_args:
+            module._ctxext_dynamic = {"targets": set(dynamic_args[id(module)]), "args": dynamic_args[id(module)], "seq_len": {}}
+            module._ctxext_hook = module.register_forward_pre_hook(_dynamic_yarn_hook, with_kwargs=True)
+    return model

@@ -1,0 +1,237 @@
+"""Read a model's RoPE layout from its config dict: which rope, which window, which layers.
+
+Torch-free: it works on the plain dict of a `config.json` (checkpoint patching, `ctxext info`) and on
+a live config's `to_dict()` (in-memory patching), so both paths share one set of rules. Both
+transformers spellings are read (v5's `rope_parameters`, v4's `rope_scaling` + `rope_theta` and
+GPT-NeoX's `rotary_emb_base` / `rotary_pct`), per-layer-type rope (Gemma 3) and partial rotary
+included. What a patch then writes is `ctxext.rope.plan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..errors import CtxextError
+
+NO_ROPE = {
+    "gpt2": "learned absolute position embeddings",
+    "opt": "learned absolute position embeddings",
+    "gpt_bigcode": "learned absolute position embeddings",
+    "gpt_neo": "learned absolute position embeddings",
+    "biogpt": "learned absolute position embeddings",
+    "xglm": "sinusoidal position embeddings",
+    "bloom": "ALiBi attention biases",
+    "mpt": "ALiBi attention biases",
+    "ctrl": "sinusoidal position embeddings",
+    "openai-gpt": "learned absolute position embeddings",
+}
+
+#: layer types whose attention never spans more than a local window: a patch leaves their rope alone
+LOCAL_LAYER_TYPES = ("sliding_attention", "chunked_attention")
+
+#: vLLM does not multiply max_position_embeddings by factor for these model types
+WINDOW_IS_SCALED_TYPES = ("gemma3", "gemma3_text")
+
+GLOBAL = None  # the layer-type key of a model with one rope for all layers
+
+
+class RopeConfigError(CtxextError):
+    """The config cannot be patched as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RopeLayout:
+    """What a config says about its rotary embedding, normalised to transformers v5's view."""
+
+    model_type: str
+    head_dim: int
+    partial_rotary_factor: float
+    max_position_embeddings: int
+    # layer type (None for a single global rope) -> rope dict in v5 form (rope_type, rope_theta, ...)
+    rope: Mapping[str | None, Mapping[str, Any] | None]
+    top_level_original: int | None = None  # a top-level original_max_position_embeddings (Phi-3)
+    metadata: Mapping[str, Any] | None = None  # the `ctxext` record of an earlier patch
+    section: str | None = None  # None = top level; "text_config" for composite models
+    v4_spelling: bool = False  # the config carries transformers v4 keys (rope_scaling, rope_theta...)
+    null_head_dim: bool = False  # the config says head_dim: null (derived from hidden_size / num_attention_heads)
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def nested(self) -> bool:
+        return GLOBAL not in self.rope
+
+    @property
+    def targets(self) -> tuple[str | None, ...]:
+        """Layer types a patch rewrites: all but local (sliding-window) ones, whose span stays short."""
+        if not self.nested:
+            return (GLOBAL,)
+        return tuple(t for t in self.rope if self.rope[t] is not None and t not in LOCAL_LAYER_TYPES)
+
+    @property
+    def main(self) -> Mapping[str, Any]:
+        """The rope dict of the first patched layer type (the one the v4 spelling describes)."""
+        return self.rope[self.targets[0]]
+
+    @property
+    def scaling_type(self) -> str:
+        """The stock rope_type on the patched layers ('default' when unscaled)."""
+        return self.main.get("rope_type", "default")
+
+    @property
+    def is_scaled(self) -> bool:
+        return self.metadata is not None or self.scaling_type != "default"
+
+    def original_window(self) -> int | None:
+        """The pre-training window L0 as this config records it; None when it cannot tell."""
+        if self.metadata:
+            return int(self.metadata["original_max_position_embeddings"])
+        kind = self.scaling_type
+        if kind in ("yarn", "llama3", "longrope"):
+            value = self.top_level_original or self.main.get("original_max_position_embeddings")
+            return int(value) if value else self.max_position_embeddings
+        if kind in ("linear", "dynamic") and self.model_type in WINDOW_IS_SCALED_TYPES:
+            return None  # Gemma 3 stores the scaled window only
+        return self.max_position_embeddings
+
+    def effective_window(self) -> int:
+        """The window the scaling is meant for, read with the rules in this module's docstring."""
+        if self.metadata:
+            return int(self.metadata["max_window"])
+        kind, factor = self.scaling_type, float(self.main.get("factor") or 1.0)
+        if kind == "yarn":
+            return max(self.max_position_embeddings, int(round((self.original_window() or 0) * factor)))
+        if kind in ("linear", "dynamic") and self.model_type not in WINDOW_IS_SCALED_TYPES:
+            return int(round(self.max_position_embeddings * factor))
+        return self.max_position_embeddings
+
+    def describe_scaling(self) -> str:
+        if self.metadata:
+            m = self.metadata
+            return f"{m['method']} (factor {m['factor']:g}, patched by ctxext from a {m['original_max_position_embeddings']}-token window)"
+        main = self.main
+        parts = [f"factor {main['factor']:g}"] if main.get("factor") else []
+        if self.original_window():
+            parts.append(f"original window {self.original_window()}")
+        return f"{self.scaling_type} ({', '.join(parts)})" if parts else self.scaling_type
+
+
+def _section(config: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:
+    """Find the (sub)config that carries the rope: the top level, or text_config of a composite model."""
+    rope_keys = ("rope_parameters", "rope_theta", "rope_scaling")
+    if any(config.get(k) is not None for k in rope_keys):
+        return None, config
+    sub = config.get("text_config")
+    if isinstance(sub, Mapping) and any(sub.get(k) is not None for k in rope_keys):
+        return "text_config", sub
+    return None, config
+
+
+def _is_nested(rope_parameters: Any) -> bool:
+    return (
+        isinstance(rope_parameters, Mapping)
+        and bool(rope_parameters)
+        and "rope_type" not in rope_parameters
+        and "rope_theta" not in rope_parameters
+        and "type" not in rope_parameters
+        and all(v is None or isinstance(v, Mapping) for v in rope_parameters.values())
+    )
+
+
+def read_layout(config: Mapping[str, Any]) -> RopeLayout:
+    """Normalise a config dict (v4 or v5 spelling) to a RopeLayout, or raise RopeConfigError."""
+    section, cfg = _section(config)
+    model_type = str(cfg.get("model_type") or config.get("model_type") or "unknown")
+    if model_type in NO_ROPE or (model_type == "falcon" and cfg.get("alibi")):
+        uses = NO_ROPE.get(model_type, "ALiBi attention biases")
+        raise RopeConfigError(
+            f"Model type {model_type!r} has no rotary position embeddings (it uses {uses}); "
+            "ctxext extends RoPE models such as Llama, Qwen, Mistral or Gemma."
+        )
+    rope_parameters = cfg.get("rope_parameters")
+    rope_scaling = cfg.get("rope_scaling")
+    rope_theta = cfg.get("rope_theta", cfg.get("rotary_emb_base"))
+    if rope_parameters is None and rope_scaling is None and rope_theta is None:
+        raise RopeConfigError(
+            f"The config of model type {model_type!r} has no rotary position embedding settings "
+            "(no rope_parameters, rope_scaling or rope_theta); ctxext patches RoPE models only."
+        )
+    partial = cfg.get("partial_rotary_factor", cfg.get("rotary_pct"))
+
+    rope: dict[str | None, dict[str, Any] | None]
+    if _is_nested(rope_parameters) or (model_type in WINDOW_IS_SCALED_TYPES and rope_parameters is None):
+        # per-layer-type rope (Gemma 3 and kin); Gemma 3's v4 spelling is rope_theta + rope_local_base_freq
+        rope = {k: (dict(v) if v is not None else None) for k, v in (rope_parameters or {}).items()}
+        if model_type in WINDOW_IS_SCALED_TYPES:
+            full = rope.setdefault("full_attention", {}) or {}
+            if rope_scaling:  # v5 merges the v4 spelling into the global layers
+                full.update(rope_scaling)
+            if rope_theta is not None:
+                full.setdefault("rope_theta", rope_theta)
+            rope["full_attention"] = full
+            local = rope.setdefault("sliding_attention", {}) or {}
+            if cfg.get("rope_local_base_freq") is not None:
+                local.setdefault("rope_theta", cfg["rope_local_base_freq"])
+            rope["sliding_attention"] = local
+        for params in rope.values():
+            if params is not None:
+                params.setdefault("rope_type", params.get("type", "default"))
+                if partial is not None:
+                    params.setdefault("partial_rotary_factor", partial)
+    else:
+        # v5 lets a v4 rope_scaling win over rope_parameters, then fills theta from the top level
+        params = dict(rope_scaling or rope_parameters or {})
+        if rope_theta is not None:
+            params.setdefault("rope_theta", rope_theta)
+        if partial is not None:
+            params.setdefault("partial_rotary_factor", partial)
+        params.setdefault("rope_type", params.get("type", "default"))
+        rope = {GLOBAL: params}
+
+    for layer_type, params in rope.items():
+        if params is None:
+            continue
+        if params.get("rope_theta") is None:
+            where = "" if layer_type is None else f" for {layer_type} layers"
+            raise RopeConfigError(f"The config of {model_type!r} gives no rope_theta{where}; add it to config.json.")
+        params.pop("type", None)  # the legacy spelling of rope_type
+        if params["rope_type"] == "su":
+            params["rope_type"] = "longrope"
+
+    head_dim = cfg.get("head_dim")
+    if not head_dim:
+        try:
+            head_dim = int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
+        except (KeyError, TypeError, ZeroDivisionError):
+            raise RopeConfigError(
+                f"The config of {model_type!r} gives neither head_dim nor hidden_size and num_attention_heads."
+            ) from None
+    layout_partial = 1.0
+    for params in rope.values():
+        if params is not None and params.get("partial_rotary_factor") is not None:
+            layout_partial = float(params["partial_rotary_factor"])
+            break
+    window = cfg.get("max_position_embeddings")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 2:
+        raise RopeConfigError(f"The config of {model_type!r} gives no usable max_position_embeddings ({window!r}).")
+    layout = RopeLayout(
+        model_type=model_type,
+        head_dim=int(head_dim),
+        partial_rotary_factor=layout_partial,
+        max_position_embeddings=window,
+        rope=rope,
+        top_level_original=cfg.get("original_max_position_embeddings"),
+        metadata=cfg.get("ctxext"),
+        section=section,
+        null_head_dim="head_dim" in cfg and cfg["head_dim"] is None,
+        v4_spelling=any(k in cfg for k in ("rope_scaling", "rope_theta", "rotary_emb_base", "rope_local_base_freq")),
+    )
+    if not layout.targets:
+        raise RopeConfigError(
+            f"Model type {model_type!r} has rope on its sliding-window layers only and no positional encoding "
+            "(NoPE) on its global layers, which already reach any length; there is nothing for ctxext to extend."
+        )
+    return layout

@@ -1,0 +1,215 @@
+"""The RoPE scaling methods ctxext offers: one registry of names, parameters and validation.
+
+Torch-free on purpose: the CLI reads its `--method` choices from here, and config-only work
+(`ctxext patch`, `ctxext info`) validates requests without importing torch. The math lives in
+`ctxext.rope`, keyed by the same names.
+
+    >>> resolve("linear", 8).method
+    'pi'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from ..errors import CtxextError, CtxextTypeError
+
+
+@dataclass(frozen=True)
+class Method:
+    """One scaling method: its canonical name, what it changes, and how stock configs spell it."""
+
+    name: str
+    summary: str
+    # the method's own parameters (HF spelling) and their defaults; None = derived from `factor`
+    params: Mapping[str, float | None] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    # the stock `rope_type` that expresses it; "default" for a plain rope_theta change;
+    # None when no stock config can express it
+    rope_type: str | None = None
+    # frequencies are recomputed from the current sequence length at run time
+    dynamic: bool = False
+
+
+_YARN_PARAMS = {"beta_fast": 32.0, "beta_slow": 1.0}
+
+METHODS: Mapping[str, Method] = MappingProxyType(
+    {
+        m.name: m
+        for m in (
+            Method(
+                "pi",
+                "Position Interpolation: every frequency divided by factor (Chen et al. 2023)",
+                aliases=("linear",),
+                rope_type="linear",
+            ),
+            Method(
+                "ntk",
+                "NTK-aware, static: base raised to rope_theta * factor^(d/(d-2))",
+                rope_type="default",
+            ),
+            Method(
+                "dynamic-ntk",
+                "NTK-aware base recomputed from the current length once it passes the original window",
+                aliases=("dynamic",),
+                rope_type="dynamic",
+                dynamic=True,
+            ),
+            Method(
+                "ntk-by-parts",
+                "YaRN's per-dimension ramp between keeping and interpolating, without attention scaling",
+                params=dict(_YARN_PARAMS),
+                rope_type="yarn",
+            ),
+            Method(
+                "yarn",
+                "NTK-by-parts plus cos/sin scaled by 0.1*ln(factor)+1 (Peng et al. 2023)",
+                params={**_YARN_PARAMS, "attention_factor": None},
+                rope_type="yarn",
+            ),
+            Method(
+                "dynamic-yarn",
+                "YaRN with factor max(1, length/original window) recomputed from the current length",
+                params={**_YARN_PARAMS, "attention_factor": None},
+                rope_type=None,
+                dynamic=True,
+            ),
+            Method(
+                "llama3",
+                "Llama 3.1 band-wise rule: long wavelengths divided by factor, short kept, smooth between",
+                params={"low_freq_factor": 1.0, "high_freq_factor": 4.0},
+                rope_type="llama3",
+            ),
+        )
+    }
+)
+
+ALIASES: Mapping[str, str] = MappingProxyType({a: m.name for m in METHODS.values() for a in m.aliases})
+
+#: every spelling `--method` accepts, canonical names first
+METHOD_CHOICES: tuple[str, ...] = (*METHODS, *ALIASES)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """A validated scaling request: canonical method, factor, and the method's parameters.
+
+    `params` holds every parameter of the method, defaults filled in (None = derived from factor).
+    `original_max_position_embeddings` is None until a model supplies its window.
+    """
+
+    method: str
+    factor: float
+    params: Mapping[str, float | None]
+    original_max_position_embeddings: int | None = None
+
+    @property
+    def spec(self) -> Method:
+        return METHODS[self.method]
+
+    @property
+    def is_identity(self) -> bool:
+        return self.factor == 1.0
+
+    def with_window(self, original_max_position_embeddings: int) -> "Scaling":
+        return Scaling(self.method, self.factor, self.params, _check_window(original_max_position_embeddings))
+
+
+def canonical_method(method: str) -> str:
+    """Map a method name or alias to its canonical name; ValueError listing the valid ones."""
+    if not isinstance(method, str):
+        raise CtxextTypeError(f"method must be a string such as 'yarn', got {method!r} ({type(method).__name__}).")
+    key = method.strip().lower().replace("_", "-")
+    if key in METHODS:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    raise CtxextError(f"Unknown RoPE scaling method {method!r}; choose one of: {', '.join(METHOD_CHOICES)}.")
+
+
+def _check_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CtxextTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+    value = float(value)
+    if not math.isfinite(value):
+        raise CtxextError(f"{name} must be a finite number, got {value}.")
+    return value
+
+
+def _check_window(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise CtxextTypeError(
+                f"original_max_position_embeddings must be a whole number of tokens, got {value!r}."
+            )
+    if value < 2:
+        raise CtxextError(f"original_max_position_embeddings must be at least 2 tokens, got {value}.")
+    return value
+
+
+def check_factor(factor: object) -> float:
+    """`factor` as a float >= 1 (1 is the identity), or a TypeError/ValueError that says why not."""
+    factor = _check_number("factor", factor)
+    if factor < 1.0:
+        raise CtxextError(
+            f"factor must be >= 1 (the new window divided by the original one), got {factor:g}; "
+            "ctxext extends windows, it does not shrink them."
+        )
+    return factor
+
+
+def resolve(
+    method: str,
+    factor: object,
+    original_max_position_embeddings: int | None = None,
+    **params: object,
+) -> Scaling:
+    """Validate a scaling request at the boundary; every later step trusts the result.
+
+    Raises ValueError for an unknown method or parameter (listing the valid ones) or an
+    out-of-range value, TypeError for a value that is not a number.
+    """
+    spec = METHODS[canonical_method(method)]
+    factor = check_factor(factor)
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        valid = ", ".join(spec.params) or "none besides factor and original_max_position_embeddings"
+        raise CtxextError(
+            f"Unknown parameter(s) {', '.join(unknown)} for method {spec.name!r}; valid parameters: {valid}."
+        )
+    values: dict[str, float | None] = dict(spec.params)
+    for name, value in params.items():
+        if value is None:
+            continue  # "use the default"
+        values[name] = _check_number(name, value)
+    if "beta_fast" in values:
+        if not 0 < values["beta_slow"] < values["beta_fast"]:
+            raise CtxextError(
+                f"beta_fast must be greater than beta_slow and both positive, got "
+                f"beta_fast={values['beta_fast']:g}, beta_slow={values['beta_slow']:g}."
+            )
+    if values.get("attention_factor") is not None and values["attention_factor"] <= 0:
+        raise CtxextError(f"attention_factor must be positive, got {values['attention_factor']:g}.")
+    if "low_freq_factor" in values:
+        if not 0 < values["low_freq_factor"] < values["high_freq_factor"]:
+            raise CtxextError(
+                f"high_freq_factor must be greater than low_freq_factor and both positive, got "
+                f"low_freq_factor={values['low_freq_factor']:g}, high_freq_factor={values['high_freq_factor']:g}."
+            )
+    window = None if original_max_position_embeddings is None else _check_window(original_max_position_embeddings)
+    return Scaling(spec.name, factor, MappingProxyType(values), window)
+
+
+def yarn_attention_factor(factor: float) -> float:
+    """YaRN's recommended cos/sin scale, 0.1*ln(s)+1 (Peng et al. 2023, eq. 22); 1 for s <= 1."""
+    return 1.0 if factor <= 1.0 else 0.1 * math.log(factor) + 1.0
+
+
+def ntk_rope_theta(rope_theta: float, factor: float, dim: int) -> float:
+    """NTK-aware base: b * s^(d/(d-2)), so the lowest frequency is interpolated by exactly s."""
+    return rope_theta * factor ** (dim / (dim - 2))

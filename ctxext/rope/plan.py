@@ -1,0 +1,254 @@
+"""Plan a RoPE patch on a config's layout and write it in every reader's spelling.
+
+Torch-free: it works on the plain dict of a `config.json` (checkpoint patching, `ctxext info`) and on
+a live config's `to_dict()` (in-memory patching), so both paths share one set of rules.
+
+The window rule (which `max_position_embeddings` each method writes) exists because readers derive
+the window differently: vLLM multiplies `max_position_embeddings` by `factor` for `linear` and
+`dynamic`, takes `original_max_position_embeddings * factor` for `yarn` (newer vLLM: the
+`max_position_embeddings` itself) and uses `max_position_embeddings` as is for `llama3` and for any
+Gemma 3; stock `dynamic` reads `max_position_embeddings` as the ORIGINAL window. So:
+
+| method        | rope_type written          | max_position_embeddings | every reader then sees |
+| ------------- | -------------------------- | ----------------------- | ---------------------- |
+| pi            | linear                     | L0 (Gemma 3: L0 x s)    | window L0 x s          |
+| ntk           | default, rope_theta raised | L0 x s                  | window L0 x s          |
+| dynamic-ntk   | dynamic                    | L0 (Gemma 3: L0 x s)    | window L0 x s          |
+| ntk-by-parts  | yarn, attention_factor 1.0 | L0 x s                  | window L0 x s          |
+| yarn          | yarn                       | L0 x s                  | window L0 x s          |
+| dynamic-yarn  | yarn (static at s)         | L0 x s                  | static YaRN at s       |
+| llama3        | llama3                     | L0 x s                  | window L0 x s          |
+
+Both spellings are written: transformers v5's `rope_parameters` (theta inside) and v4's
+`rope_scaling` + top-level `rope_theta` (+ `partial_rotary_factor`, Gemma 3's `rope_local_base_freq`),
+because a v4 reader of a v5-only config silently falls back to theta 10000 and full rotary dims.
+`original_max_position_embeddings` is also written top-level (llama.cpp's converter and transformers'
+Phi-3 rule read it there). A `ctxext` key records what was done, so a second patch is recognised.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .layout import GLOBAL, WINDOW_IS_SCALED_TYPES, RopeConfigError, RopeLayout
+from .methods import Scaling, ntk_rope_theta
+
+#: keys of a rope dict that describe a scaling (dropped when a scaling is replaced)
+SCALING_KEYS = frozenset(
+    {
+        "type",
+        "rope_type",
+        "factor",
+        "original_max_position_embeddings",
+        "attention_factor",
+        "beta_fast",
+        "beta_slow",
+        "mscale",
+        "mscale_all_dim",
+        "truncate",
+        "low_freq_factor",
+        "high_freq_factor",
+        "short_factor",
+        "long_factor",
+    }
+)
+
+#: transformers v4 names that differ from the standard ones (GPT-NeoX/Pythia configs carry only these)
+V4_NAMES = {
+    "gpt_neox": {"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"},
+    "gpt_neox_japanese": {"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"},
+}
+
+#: model types whose stock config class accepts only these rope types (Phi-3 turns `yarn` into `longrope`)
+STOCK_ROPE_TYPES = {
+    "phi3": ("default", "longrope"),
+}
+
+#: model types transformers 4.57 loads as causal LMs: these get the v4 spelling next to the v5 one
+V4_MODEL_TYPES = frozenset("""
+    apertus arcee aria_text bamba bitnet blt code_llama cohere cohere2 dbrx deepseek_v2 deepseek_v3
+    diffllama doge dots1 emu3 ernie4_5 ernie4_5_moe exaone4 falcon falcon_h1 flex_olmo fuyu gemma gemma2
+    gemma3 gemma3_text gemma3n gemma3n_text glm glm4 glm4_moe gpt_neox gpt_neox_japanese gpt_oss gptj
+    granite granitemoe granitemoehybrid granitemoeshared helium hunyuan_v1_dense hunyuan_v1_moe jamba
+    jetmoe lfm2 llama llama4 llama4_text longcat_flash minimax ministral mistral mixtral mllama
+    modernbert-decoder moshi nemotron olmo olmo2 olmo3 olmoe open-llama persimmon phi phi3
+    phi4_multimodal phimoe qwen2 qwen2_moe qwen3 qwen3_moe qwen3_next recurrent_gemma seed_oss smollm3
+    stablelm starcoder2 vaultgemma zamba zamba2
+""".split())
+
+
+class _Remove:
+    """Marks a key a patch deletes from the config."""
+
+    def __repr__(self) -> str:
+        return "REMOVE"
+
+
+REMOVE = _Remove()
+
+
+def _key(layer_type: str | None) -> str:
+    """JSON key for a layer type in the `ctxext` record."""
+    return "global" if layer_type is None else layer_type
+
+
+@dataclass(frozen=True)
+class RopePatch:
+    """Everything a patch changes, computed before anything is touched."""
+
+    layout: RopeLayout
+    scaling: Scaling  # carries original_max_position_embeddings (L0)
+    rope: dict[str | None, dict[str, Any] | None]  # new v5 rope dict(s), same keys as layout.rope
+    max_position_embeddings: int
+    # rope_theta before any scaling, per patched layer type (ntk writes a raised theta; the math starts here)
+    base_theta: dict[str | None, float] = field(default_factory=dict)
+    top_level: dict[str, Any] = field(default_factory=dict)  # other keys written next to them (v4 spelling...)
+
+    @property
+    def original_max_position_embeddings(self) -> int:
+        return self.scaling.original_max_position_embeddings
+
+    @property
+    def window(self) -> int:
+        return int(round(self.original_max_position_embeddings * self.scaling.factor))
+
+    @property
+    def rope_parameters(self) -> dict[str, Any]:
+        """The v5 `rope_parameters` value: one dict, or one per layer type."""
+        return copy.deepcopy(self.rope[GLOBAL] if GLOBAL in self.rope else self.rope)
+
+
+def window_rule(method: str, original: int, factor: float, model_type: str) -> int:
+    """max_position_embeddings to write so that each reader derives the window original x factor."""
+    window = int(round(original * factor))
+    if factor == 1.0:
+        return original
+    if method in ("pi", "dynamic-ntk") and model_type not in WINDOW_IS_SCALED_TYPES:
+        return original  # vLLM multiplies by factor; stock dynamic reads it as the original window
+    return window
+
+
+def _rope_dict(scaling: Scaling, old: Mapping[str, Any], theta: float, rotary_dim: int) -> dict[str, Any]:
+    """The new v5 rope dict of one layer type: the old one's non-scaling keys plus the method's keys."""
+    new = {k: v for k, v in old.items() if k not in SCALING_KEYS}
+    new["rope_theta"] = theta
+    s, L0, p = scaling.factor, scaling.original_max_position_embeddings, scaling.params
+    method = scaling.method
+    if scaling.is_identity:
+        new["rope_type"] = "default"
+    elif method == "pi":
+        new.update(rope_type="linear", factor=s)
+    elif method == "ntk":
+        new.update(rope_type="default", rope_theta=ntk_rope_theta(theta, s, rotary_dim))
+    elif method == "dynamic-ntk":
+        new.update(rope_type="dynamic", factor=s)
+    elif method in ("yarn", "ntk-by-parts", "dynamic-yarn"):
+        new.update(rope_type="yarn", factor=s, original_max_position_embeddings=L0)
+        new.update(beta_fast=p["beta_fast"], beta_slow=p["beta_slow"])
+        if method == "ntk-by-parts":
+            new["attention_factor"] = 1.0
+        elif p.get("attention_factor") is not None:
+            new["attention_factor"] = float(p["attention_factor"])
+    elif method == "llama3":
+        new.update(rope_type="llama3", factor=s, original_max_position_embeddings=L0)
+        new.update(low_freq_factor=p["low_freq_factor"], high_freq_factor=p["high_freq_factor"])
+    else:  # pragma: no cover - guarded by the registry
+        raise AssertionError(method)
+    order = ["rope_type", "rope_theta", "factor", "original_max_position_embeddings"]
+    return {k: new[k] for k in order if k in new} | {k: v for k, v in new.items() if k not in order}
+
+
+def _v4_rope_scaling(rope: Mapping[str, Any]) -> dict[str, Any] | None:
+    """transformers v4 spelling of one rope dict: no theta or partial inside, `type` kept for old readers."""
+    if rope.get("rope_type", "default") == "default":
+        return None
+    out = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    out["type"] = out["rope_type"]
+    return out
+
+
+def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> RopePatch:
+    """Work out the new rope settings for `scaling` on `layout`, or raise RopeConfigError saying why not."""
+    if layout.is_scaled and not replace:
+        raise RopeConfigError(
+            f"This {layout.model_type} model already uses {layout.describe_scaling()} RoPE scaling; "
+            f"pass replace=True (CLI: --replace) to discard it and apply {scaling.method} to the original "
+            "window, or patch the unscaled base model."
+        )
+    allowed = STOCK_ROPE_TYPES.get(layout.model_type)
+    written = "default" if scaling.is_identity else (scaling.spec.rope_type or "yarn")
+    if allowed and written not in allowed:
+        raise RopeConfigError(
+            f"Stock transformers' {layout.model_type} config accepts only rope types {', '.join(allowed)}, "
+            f"so a {scaling.method} checkpoint would not load as written; use ntk (a plain rope_theta change)."
+        )
+    original = scaling.original_max_position_embeddings
+    if original is None:
+        original = layout.original_window() if layout.is_scaled else layout.max_position_embeddings
+        if original is None:
+            raise RopeConfigError(
+                f"The config of this {layout.model_type} model does not record the window it was pre-trained "
+                "with; pass original_max_position_embeddings (CLI: --original-max-position-embeddings)."
+            )
+        scaling = scaling.with_window(original)
+    recorded = (layout.metadata or {}).get("rope_theta", {})
+    rope: dict[str | None, dict[str, Any] | None] = {}
+    thetas: dict[str | None, float] = {}
+    for layer_type, old in layout.rope.items():
+        if old is None or layer_type not in layout.targets:
+            rope[layer_type] = copy.deepcopy(dict(old)) if old is not None else None
+            continue
+        thetas[layer_type] = float(recorded.get(_key(layer_type), old["rope_theta"]))
+        rope[layer_type] = _rope_dict(scaling, old, thetas[layer_type], layout.rotary_dim)
+
+    window = window_rule(scaling.method, original, scaling.factor, layout.model_type)
+    main = rope[layout.targets[0]]
+    top: dict[str, Any] = {}
+    speaks_v4 = layout.model_type in V4_MODEL_TYPES or layout.v4_spelling
+    if speaks_v4 and (not layout.nested or layout.model_type in WINDOW_IS_SCALED_TYPES):
+        top["rope_theta"] = main["rope_theta"]
+        top["rope_scaling"] = _v4_rope_scaling(main)
+        if layout.model_type in WINDOW_IS_SCALED_TYPES and rope.get("sliding_attention"):
+            top["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
+        if layout.partial_rotary_factor != 1.0:
+            top["partial_rotary_factor"] = layout.partial_rotary_factor
+        for name, v4_name in V4_NAMES.get(layout.model_type, {}).items():
+            if name in top:
+                top[v4_name] = top[name]
+    else:
+        # a model type transformers v4 never had (or a per-layer one): v5 configs without a v4
+        # converter would read any rope_scaling key as a replacement for rope_parameters
+        top["rope_scaling"] = REMOVE
+    if "original_max_position_embeddings" in main or layout.top_level_original is not None:
+        top["original_max_position_embeddings"] = original
+    if layout.null_head_dim and written in ("yarn", "dynamic"):
+        # stock yarn/dynamic read getattr(config, "head_dim", default) and fail on a null head_dim
+        top["head_dim"] = layout.head_dim
+    if scaling.is_identity:
+        top["ctxext"] = REMOVE
+    else:
+        top["ctxext"] = {
+            "method": scaling.method,
+            "factor": scaling.factor,
+            "original_max_position_embeddings": original,
+            "max_window": int(round(original * scaling.factor)),
+            "rope_theta": {_key(t): theta for t, theta in thetas.items()},
+            "params": {k: v for k, v in scaling.params.items() if v is not None},
+        }
+    return RopePatch(layout, scaling, rope, window, thetas, top)
+
+
+def patched_config_dict(config: Mapping[str, Any], patch: RopePatch) -> dict[str, Any]:
+    """A copy of a config.json dict with `patch` written in: both spellings, window, record."""
+    out = copy.deepcopy(dict(config))
+    cfg = out if patch.layout.section is None else out[patch.layout.section]
+    cfg["rope_parameters"] = patch.rope_parameters
+    cfg["max_position_embeddings"] = patch.max_position_embeddings
+    for key, value in patch.top_level.items():
+        if value is REMOVE:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = copy.deepcopy(value)
+    return out

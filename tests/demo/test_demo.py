@@ -1,0 +1,44 @@
+"""`ctxext demo --quick` end to end, and the embedded model it ships."""
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ctxext.cli import main
+from ctxext.demo.run import demo_model_path
+from ctxext.evaluation.passkey import evaluate_passkey
+
+
+def test_the_embedded_model_retrieves_inside_its_window_and_not_at_8x():
+    path = demo_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert model.config.max_position_embeddings == 256
+    report = evaluate_passkey([("base", model, tokenizer)], [256, 2048], depths=[0, 0.25, 0.5, 0.75, 1], trials=4,
+                              seed=7, progress=False)
+    accuracy = {row["length"]: row["accuracy"] for row in report["summary"]}
+    assert accuracy[256] >= 0.95 and accuracy[2048] <= 0.2, accuracy
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_everything(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--quiet", "--output", str(out)]) == 0  # the table even when quiet
+    printed = capsys.readouterr().out
+    report = json.loads((out / "demo.json").read_text())
+    assert report["original_window"] == 256 and report["factor"] == 8
+    names = ["base", "pi", "ntk", "yarn", "pi+lora", "yarn+lora"]
+    assert [(r["model"], r["length"]) for r in report["rows"]] == [(n, L) for n in names for L in (256, 512, 1024, 2048)]
+    for row in report["rows"]:
+        assert 0 <= row["accuracy"] <= 1 and row["perplexity"] > 1
+    for name in names:
+        assert name in printed
+    for picture in ["passkey_accuracy.png", "perplexity.png"] + [f"passkey_heatmap_{n}.png" for n in ("base", "yarn")]:
+        assert (out / picture).read_bytes()[:4] == b"\x89PNG", picture
+    md = (out / "report.md").read_text()
+    assert "| yarn+lora |" in md and "![accuracy vs length](passkey_accuracy.png)" in md
+    assert (out / "models" / "yarn+lora" / "config.json").exists()
+    # an existing output is refused, untouched
+    assert main(["demo", "--quick", "--output", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and (out / "demo.json").exists()

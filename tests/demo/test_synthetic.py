@@ -1,0 +1,48 @@
+"""The demo model's tokenizer and synthetic documents."""
+
+import random
+
+import pytest
+
+from ctxext.evaluation.passkey import build_prompts
+from ctxext.demo.synthetic import DocumentMaker, build_tokenizer, heldout_texts, training_stream
+
+TOKENIZER = build_tokenizer()
+
+
+def test_tokenizer_round_trips_and_splits_digits():
+    text = "The pass key is 40712. Remember it.\nWhat is the pass key? The pass key is"
+    ids = TOKENIZER(text)["input_ids"]
+    assert ids[0] == TOKENIZER.bos_token_id
+    assert TOKENIZER.decode(ids, skip_special_tokens=True) == text
+    digits = TOKENIZER(" 40712", add_special_tokens=False)["input_ids"]
+    assert [TOKENIZER.decode([i]) for i in digits] == [" ", "4", "0", "7", "1", "2"] or len(digits) == 5
+
+
+def test_documents_fit_their_budget_and_end_with_the_question():
+    maker, rng = DocumentMaker(TOKENIZER), random.Random(0)
+    for budget in (128, 256, 2048):
+        for _ in range(5):
+            prompt, answer = maker.make(rng, budget)
+            assert budget - 12 <= len(prompt) + len(answer) <= budget
+            assert TOKENIZER.decode(prompt).endswith("What is the pass key? The pass key is")
+            key = TOKENIZER.decode(answer).strip()
+            assert len(key) == 5 and key.isdigit() and key in TOKENIZER.decode(prompt)
+
+
+def test_a_budget_too_small_for_the_fixed_lines_is_refused():
+    with pytest.raises(ValueError, match="budget"):
+        DocumentMaker(TOKENIZER).make(random.Random(0), 16)
+
+
+def test_texts_are_seeded():
+    assert training_stream(TOKENIZER, 3, 256, seed=4) == training_stream(TOKENIZER, 3, 256, seed=4)
+    assert training_stream(TOKENIZER, 3, 256, seed=4) != training_stream(TOKENIZER, 3, 256, seed=5)
+    assert heldout_texts(TOKENIZER, 2, 256, seed=4) != heldout_texts(TOKENIZER, 2, 256, seed=5)
+    (doc,) = heldout_texts(TOKENIZER, 1, 512)
+    assert len(TOKENIZER(doc)["input_ids"]) >= 512
+
+
+def test_the_standard_prompt_builds_exactly_with_this_tokenizer():
+    prompts = build_prompts(TOKENIZER, [256, 2048], depths=[0, 0.5, 1], trials=2)
+    assert [len(p.input_ids) for p in prompts] == [256] * 6 + [2048] * 6

@@ -1,0 +1,325 @@
+"""patch_model on tiny models of many architectures: frequencies, config, stock save-and-reload."""
+
+import copy
+import json
+import warnings
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+import ctxext
+from ctxext.rope.functions import compute_inv_freq, default_inv_freq
+from ctxext.rope.layout import read_layout
+from tiny import ARCHITECTURES, tiny_config, tiny_model, token_ids
+
+L0 = 64  # the tiny models' window
+STOCK_METHODS = ["pi", "ntk", "dynamic-ntk", "ntk-by-parts", "yarn", "llama3"]
+
+
+def rotary_modules(model):
+    return [m for m in model.modules() if hasattr(m, "attention_scaling") or hasattr(m, "full_attention_inv_freq")]
+
+
+def snapshot(model):
+    """Everything a patch could touch: parameters, every buffer, attention scales, config."""
+    state = {k: v.clone() for k, v in model.named_parameters()}
+    state |= {k: v.clone() for k, v in model.named_buffers()}
+    scales = [copy.deepcopy({k: v for k, v in vars(m).items() if "scaling" in k or "rope_type" in k})
+              for m in rotary_modules(model)]
+    return state, scales, json.dumps(model.config.to_dict(), sort_keys=True, default=str)
+
+
+def assert_same_snapshot(a, b):
+    assert a[0].keys() == b[0].keys()
+    for key in a[0]:
+        torch.testing.assert_close(a[0][key], b[0][key], rtol=0, atol=0, msg=key)
+    assert a[1] == b[1]
+    assert a[2] == b[2]
+
+
+def reload(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    return AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+
+
+def cases():
+    for arch in ARCHITECTURES:
+        for method in STOCK_METHODS:
+            if arch == "phi3" and method != "ntk":
+                continue  # stock Phi-3 configs accept no other type (see test_phi3_accepts_only_ntk)
+            yield arch, method
+
+
+@pytest.mark.parametrize("arch,method", list(cases()))
+def test_save_and_stock_reload_give_identical_logits(arch, method, tmp_path):
+    model = tiny_model(arch)
+    ctxext.patch_model(model, method, 8)
+    ids = token_ids(8 * L0)  # the whole new window: dynamic methods grow their frequencies here
+    with torch.no_grad():
+        before = model(ids).logits
+        after = reload(model, tmp_path)(ids).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_patched_frequencies_are_the_method_function(arch):
+    model = tiny_model(arch)
+    method = "ntk" if arch == "phi3" else "yarn"
+    layout = read_layout(model.config.to_dict())
+    thetas = {t: layout.rope[t]["rope_theta"] for t in layout.rope}
+    ctxext.patch_model(model, method, 8)
+    (rotary,) = {id(m): m for m in rotary_modules(model)}.values()
+    for layer_type in layout.targets:
+        prefix = "" if layer_type is None else f"{layer_type}_"
+        expected, scale = compute_inv_freq(method, layout.rotary_dim, thetas[layer_type], 8, L0)
+        torch.testing.assert_close(getattr(rotary, f"{prefix}inv_freq"), expected, rtol=0, atol=0)
+        assert getattr(rotary, f"{prefix}attention_scaling") == scale
+
+
+def test_gemma3_patches_global_layers_and_leaves_sliding_ones():
+    model = tiny_model("gemma3_text")
+    rotary = model.model.rotary_emb
+    sliding_before = rotary.sliding_attention_inv_freq.clone()
+    ctxext.patch_model(model, "yarn", 8)
+    torch.testing.assert_close(rotary.sliding_attention_inv_freq, sliding_before, rtol=0, atol=0)
+    assert rotary.sliding_attention_attention_scaling == 1.0
+    expected, scale = compute_inv_freq("yarn", 16, 1e6, 8, L0)
+    torch.testing.assert_close(rotary.full_attention_inv_freq, expected, rtol=0, atol=0)
+    assert rotary.full_attention_attention_scaling == scale
+    params = model.config.rope_parameters
+    assert params["sliding_attention"] == {"rope_type": "default", "rope_theta": 10000.0}
+    assert params["full_attention"]["rope_type"] == "yarn"
+    # the v4 spelling of Gemma 3: global rope_theta + rope_scaling, local rope_local_base_freq
+    saved = model.config.to_dict()
+    assert saved["rope_theta"] == 1e6 and saved["rope_local_base_freq"] == 10000.0
+    assert saved["rope_scaling"]["rope_type"] == "yarn"
+
+
+def test_config_is_written_in_both_spellings(tmp_path):
+    model = tiny_model("phi")  # partial rotary 0.5, the case a v4 reader gets wrong from a v5-only config
+    ctxext.patch_model(model, "yarn", 8)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["rope_parameters"] == {
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0, "original_max_position_embeddings": L0,
+        "partial_rotary_factor": 0.5, "beta_fast": 32.0, "beta_slow": 1.0,
+    }
+    assert saved["rope_scaling"] == {"rope_type": "yarn", "type": "yarn", "factor": 8.0, "beta_fast": 32.0,
+                                     "beta_slow": 1.0, "original_max_position_embeddings": L0}
+    assert saved["rope_theta"] == 10000.0 and saved["partial_rotary_factor"] == 0.5
+    assert saved["max_position_embeddings"] == 8 * L0
+    assert saved["original_max_position_embeddings"] == L0
+    assert saved["ctxext"]["method"] == "yarn" and saved["ctxext"]["max_window"] == 8 * L0
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi", "gpt_neox", "gemma3_text"])
+@pytest.mark.parametrize("method", ["pi", "ntk", "yarn", "llama3", "dynamic-ntk"])
+def test_each_spelling_alone_gives_the_same_frequencies(arch, method, tmp_path):
+    """A reader that knows only v5's rope_parameters, or only v4's rope_scaling + rope_theta, agrees."""
+    model = tiny_model(arch)
+    ctxext.patch_model(model, method, 8)
+    model.config.save_pretrained(tmp_path)
+    full = json.loads((tmp_path / "config.json").read_text())
+    rotary_class = type(rotary_modules(model)[0])
+    reference = rotary_class(AutoConfig.from_pretrained(tmp_path))
+    v5_only = {k: v for k, v in full.items() if k not in ("rope_scaling", "rope_theta", "partial_rotary_factor",
+                                                          "rope_local_base_freq", "rotary_pct",
+                                                          "rotary_emb_base")}
+    v4_only = {k: v for k, v in full.items() if k != "rope_parameters"}
+    for spelling in (v5_only, v4_only):
+        (tmp_path / "config.json").write_text(json.dumps(spelling))
+        rotary = rotary_class(AutoConfig.from_pretrained(tmp_path))
+        for name, buffer in reference.named_buffers():
+            torch.testing.assert_close(dict(rotary.named_buffers())[name], buffer, rtol=0, atol=0)
+        assert {k: v for k, v in vars(rotary).items() if "scaling" in k} == \
+               {k: v for k, v in vars(reference).items() if "scaling" in k}
+
+
+def test_max_position_embeddings_follows_the_window_rule():
+    expected = {"pi": L0, "dynamic-ntk": L0, "ntk": 8 * L0, "yarn": 8 * L0, "ntk-by-parts": 8 * L0, "llama3": 8 * L0}
+    for method, window in expected.items():
+        model = tiny_model("llama")
+        ctxext.patch_model(model, method, 8)
+        assert model.config.max_position_embeddings == window, method
+        assert read_layout(model.config.to_dict()).effective_window() == 8 * L0
+    gemma = tiny_model("gemma3_text")  # vLLM does not multiply for Gemma 3
+    ctxext.patch_model(gemma, "pi", 8)
+    assert gemma.config.max_position_embeddings == 8 * L0
+
+
+def test_relative_position_property_survives_patching():
+    """q.k after rotation depends on m - n only, for every method (Su et al. 2021)."""
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+    for method in STOCK_METHODS + ["dynamic-yarn"]:
+        model = tiny_model("llama")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ctxext.patch_model(model, method, 8)
+        rotary = model.model.rotary_emb
+        positions = torch.tensor([[3, 40, 300, 337]])
+        cos, sin = rotary(q, positions)  # [1, 4, 16]
+
+        def score(m, n):
+            qm, _ = apply_rotary_pos_emb(q, q, cos[:, m:m + 1], sin[:, m:m + 1])
+            kn, _ = apply_rotary_pos_emb(k, k, cos[:, n:n + 1], sin[:, n:n + 1])
+            return (qm * kn).sum()
+
+        # (40 - 3) == (337 - 300): same relative distance, far apart in absolute position
+        torch.testing.assert_close(score(1, 0), score(3, 2), rtol=1e-4, atol=1e-5, msg=method)
+        assert not torch.isclose(score(1, 0), score(2, 0), rtol=1e-3)
+
+
+def test_bf16_model_keeps_float32_frequencies():
+    model = tiny_model("llama", dtype=torch.bfloat16)
+    ctxext.patch_model(model, "yarn", 8)
+    rotary = model.model.rotary_emb
+    assert rotary.inv_freq.dtype == torch.float32
+    torch.testing.assert_close(rotary.inv_freq, compute_inv_freq("yarn", 16, 10000.0, 8, L0)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(method="yarn", factor=0.5),
+    dict(method="rope9", factor=8),
+    dict(method="yarn", factor="8"),
+    dict(method="yarn", factor=8, beta=2),
+    dict(method="yarn", factor=8, beta_fast=1, beta_slow=2),
+    dict(method="yarn", factor=8, original_max_position_embeddings=-1),
+])
+def test_bad_input_raises_and_leaves_the_model_untouched(bad):
+    model = tiny_model("llama")
+    before = snapshot(model)
+    with pytest.raises((ValueError, TypeError)) as info:
+        ctxext.patch_model(model, **bad)
+    assert str(info.value).endswith(".")  # a sentence
+    assert_same_snapshot(before, snapshot(model))
+
+
+@pytest.mark.parametrize("model_type,uses", [("gpt2", "learned absolute"), ("opt", "learned absolute"),
+                                            ("bloom", "ALiBi")])
+def test_model_without_rope_is_refused(model_type, uses):
+    config = AutoConfig.for_model(model_type, vocab_size=64, hidden_size=32, n_embd=32, n_layer=1, n_head=2,
+                                  num_hidden_layers=1, num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32)
+    model = AutoModelForCausalLM.from_config(config)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=f"has no rotary position embeddings \\(it uses {uses}"):
+        ctxext.patch_model(model, "yarn", 8)
+    assert_same_snapshot(before, snapshot(model))
+
+
+SCALED = {
+    "llama3": dict(model="llama", rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                                     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                     "original_max_position_embeddings": 32},
+                   max_position_embeddings=256),
+    "yarn": dict(model="qwen2", rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+                                                   "original_max_position_embeddings": 64},
+                 max_position_embeddings=64),
+    "linear": dict(model="llama", rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}),
+}
+
+
+@pytest.mark.parametrize("kind", list(SCALED))
+def test_already_scaled_model_is_refused_unless_replaced(kind):
+    spec = dict(SCALED[kind])
+    model = tiny_model(spec.pop("model"), **spec)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=f"already uses {kind}.*replace=True"):
+        ctxext.patch_model(model, "yarn", 8)
+    assert_same_snapshot(before, snapshot(model))
+    ctxext.patch_model(model, "yarn", 8, replace=True)
+    layout = read_layout(model.config.to_dict())
+    original = {"llama3": 32, "yarn": 64, "linear": L0}[kind]
+    assert model.config.rope_parameters["original_max_position_embeddings"] == original
+    assert layout.effective_window() == 8 * original
+
+
+def test_longrope_phi3_is_recognised():
+    short = [1.0] * 8
+    model = tiny_model("phi3", rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": short,
+                                                "long_factor": [4.0] * 8}, original_max_position_embeddings=32,
+                       max_position_embeddings=128)
+    with pytest.raises(ValueError, match="already uses longrope"):
+        ctxext.patch_model(model, "ntk", 8)
+
+
+def test_phi3_accepts_only_ntk():
+    model = tiny_model("phi3")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="phi3 config accepts only rope types default, longrope.*use ntk"):
+        ctxext.patch_model(model, "yarn", 8)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_a_ctxext_patch_is_recognised_after_a_stock_round_trip(tmp_path):
+    model = tiny_model("llama")
+    ctxext.patch_model(model, "ntk", 4)  # a plain theta change: invisible without ctxext's record
+    reloaded = reload(model, tmp_path)
+    with pytest.raises(ValueError, match=r"already uses ntk \(factor 4, patched by ctxext from a 64-token window\)"):
+        ctxext.patch_model(reloaded, "yarn", 8)
+    # replace counts from the original window and the original theta, not the raised one
+    ctxext.patch_model(reloaded, "yarn", 8, replace=True)
+    assert reloaded.config.rope_parameters["rope_theta"] == 10000.0
+    torch.testing.assert_close(reloaded.model.rotary_emb.inv_freq, compute_inv_freq("yarn", 16, 10000.0, 8, L0)[0],
+                               rtol=0, atol=0)
+
+
+def test_factor_one_with_replace_restores_the_unscaled_model(tmp_path):
+    plain = tiny_model("llama")
+    model = tiny_model("llama")
+    ctxext.patch_model(model, "yarn", 8)
+    ctxext.patch_model(model, "pi", 1, replace=True)
+    ids = token_ids(2 * L0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, plain(ids).logits, rtol=0, atol=0)
+    config = model.config.to_dict()
+    assert config["rope_parameters"] == {"rope_type": "default", "rope_theta": 10000.0}
+    assert config["max_position_embeddings"] == L0 and "ctxext" not in config
+
+
+def test_dynamic_yarn_recomputes_from_the_length_and_warns(tmp_path):
+    model = tiny_model("llama")
+    with pytest.warns(UserWarning, match="dynamic-yarn is not expressible in a stock config"):
+        ctxext.patch_model(model, "dynamic-yarn", 8)
+    rotary = model.model.rotary_emb
+    with torch.no_grad():
+        model(token_ids(L0 // 2))
+        torch.testing.assert_close(rotary.inv_freq, default_inv_freq(16, 10000.0), rtol=0, atol=0)
+        model(token_ids(4 * L0))
+        expected, scale = compute_inv_freq("yarn", 16, 10000.0, 4, L0)
+        torch.testing.assert_close(rotary.inv_freq, expected, rtol=0, atol=0)
+        assert rotary.attention_scaling == scale
+        # at the full window it is exactly the static YaRN that stock transformers reloads
+        ids = token_ids(8 * L0)
+        before = model(ids).logits
+        after = reload(model, tmp_path)(ids).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert model.config.to_dict()["ctxext"]["method"] == "dynamic-yarn"
+
+
+def test_repatching_with_replace_removes_the_dynamic_hook():
+    model = tiny_model("llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctxext.patch_model(model, "dynamic-yarn", 8)
+    ctxext.patch_model(model, "pi", 8, replace=True)
+    assert not model.model.rotary_emb._forward_pre_hooks
+    with torch.no_grad():
+        model(token_ids(4 * L0))
+    torch.testing.assert_close(model.model.rotary_emb.inv_freq, default_inv_freq(16, 10000.0) / 8, rtol=0, atol=0)
+
+
+def test_original_window_can_be_given():
+    model = tiny_model("llama")
+    ctxext.patch_model(model, "yarn", 4, original_max_position_embeddings=32)
+    assert model.config.max_position_embeddings == 128
+    torch.testing.assert_close(model.model.rotary_emb.inv_freq, compute_inv_freq("yarn", 16, 10000.0, 4, 32)[0],
+                               rtol=0, atol=0)
+
+
+def test_patch_model_returns_the_same_object():
+    model = tiny_model("llama")
+    assert ctxext.patch_model(model, "pi", 2) is model
+    assert tiny_config("llama").max_position_embeddings == L0

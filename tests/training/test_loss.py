@@ -1,0 +1,95 @@
+"""The chunked LM-head loss equals the plain one, value and gradient, and each architecture's own loss."""
+
+import pytest
+import torch
+from torch import nn
+
+from ctxext.training.loss import IGNORE_INDEX, LogitTransform, causal_lm_loss, chunked_cross_entropy, default_chunk_size
+from tiny import ARCHITECTURES, tiny_model, token_ids
+
+
+def plain_loss(hidden, weight, labels, bias=None, transform=LogitTransform()):
+    logits = nn.functional.linear(hidden, weight, bias).float() * transform.scale  # [..., V]
+    if transform.softcap is not None:
+        logits = transform.softcap * torch.tanh(logits / transform.softcap)
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+def leaves(seed, with_bias):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(2, 37, 16, generator=g, dtype=torch.float64)  # [B, T, H]
+    weight = torch.randn(50, 16, generator=g, dtype=torch.float64)  # [V, H]
+    bias = torch.randn(50, generator=g, dtype=torch.float64) if with_bias else None
+    labels = torch.randint(0, 50, (2, 37), generator=g)
+    labels[0, :5] = IGNORE_INDEX  # some positions have no target
+    labels[:, -1] = IGNORE_INDEX
+    return hidden, weight, bias, labels
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 37, 1000])
+@pytest.mark.parametrize(
+    "transform", [LogitTransform(), LogitTransform(scale=0.0625), LogitTransform(softcap=3.0)], ids=str
+)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_chunked_equals_plain_cross_entropy_value_and_gradients(chunk_size, transform, with_bias):
+    tensors = leaves(0, with_bias)
+    ours = [t.clone().requires_grad_() if t is not None and t.is_floating_point() else t for t in tensors]
+    ref = [t.clone().requires_grad_() if t is not None and t.is_floating_point() else t for t in tensors]
+    loss = chunked_cross_entropy(ours[0], ours[1], ours[3], bias=ours[2], chunk_size=chunk_size, transform=transform)
+    expected = plain_loss(ref[0], ref[1], ref[3], bias=ref[2], transform=transform)
+    torch.testing.assert_close(loss, expected.float(), rtol=1e-6, atol=1e-6)
+    (3.0 * loss).backward()  # an upstream gradient other than 1 must scale every gradient
+    (3.0 * expected).backward()
+    for mine, theirs in zip(ours[:3], ref[:3]):
+        if mine is not None:
+            torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_frozen_head_gets_no_gradient_and_no_grad_mode_computes_none():
+    hidden, weight, _, labels = leaves(1, False)
+    hidden.requires_grad_()
+    loss = chunked_cross_entropy(hidden, weight, labels, chunk_size=8)
+    loss.backward()
+    assert weight.grad is None and hidden.grad is not None
+    with torch.no_grad():
+        again = chunked_cross_entropy(hidden, weight, labels, chunk_size=8)
+    assert not again.requires_grad
+    torch.testing.assert_close(again, loss.detach())
+
+
+def test_bfloat16_matches_plain_bfloat16_path():
+    """In bf16 the head runs in bf16 and the softmax in float32, like the stock loss."""
+    hidden, weight, _, labels = leaves(2, False)
+    hidden, weight = hidden.bfloat16().requires_grad_(), weight.bfloat16()
+    ref_hidden = hidden.detach().clone().requires_grad_()
+    loss = chunked_cross_entropy(hidden, weight, labels, chunk_size=16)
+    expected = plain_loss(ref_hidden, weight, labels)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-4)
+    assert hidden.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(hidden.grad, ref_hidden.grad, rtol=2e-2, atol=2e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_model_loss_equals_the_architectures_own_loss_and_gradients(arch):
+    """Logit scale (Cohere, Granite), softcapping (Gemma 2), biased heads (Phi) and tied heads included."""
+    model = tiny_model(arch).train()
+    ids = token_ids(48)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    loss = causal_lm_loss(model, ids, chunk_size=16)
+    loss.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    expected = model(ids, labels=ids).loss
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_default_chunk_holds_at_most_64_mib_of_float32_logits():
+    for vocab, tokens in [(128, 131072), (32000, 512), (49152, 256), (128256, 128), (151936, 64)]:
+        assert default_chunk_size(vocab) == tokens
+        assert tokens * vocab * 4 <= 64 * 2**20
