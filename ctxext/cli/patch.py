@@ -76,12 +76,20 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+    import warnings
+
     from ..patching.checkpoint import patch_checkpoint, read_config
     from ..patching.info import describe
+    from ..rope.readers import ReaderWarning
 
-    out = patch_checkpoint(args.model, args.output, args.method, args.factor, overwrite=args.overwrite,
-                           revision=args.revision, **scaling_kwargs(args))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReaderWarning)  # said below, once, from the written config
+        out = patch_checkpoint(args.model, args.output, args.method, args.factor, overwrite=args.overwrite,
+                               revision=args.revision, **scaling_kwargs(args))
     info = describe(read_config(out))
+    for note in info["readers"]:
+        print(f"warning: {note}", file=sys.stderr)
     record = info["ctxext"]
     print(f"wrote {out}: {record['method']} x{record['factor']:g}, window "
           f"{record['original_max_position_embeddings']:,} -> {record['max_window']:,} tokens "

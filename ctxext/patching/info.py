@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from ..rope.methods import resolve
 from ..rope.layout import RopeLayout, read_layout
+from ..rope.readers import reader_notes
 
 
 def describe(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -33,6 +34,8 @@ def describe(config: Mapping[str, Any]) -> dict[str, Any]:
         "effective_window": layout.effective_window(),
         "max_position_embeddings": layout.max_position_embeddings,
         "ctxext": dict(layout.metadata) if layout.metadata else None,
+        # one sentence per reader that runs this config differently from transformers v5
+        "readers": reader_notes(config),
     }
 
 

@@ -152,16 +152,18 @@ def test_each_spelling_alone_gives_the_same_frequencies(arch, method, tmp_path):
 
 
 def test_max_position_embeddings_follows_the_window_rule():
-    expected = {"pi": L0, "dynamic-ntk": L0, "ntk": 8 * L0, "yarn": 8 * L0, "ntk-by-parts": 8 * L0, "llama3": 8 * L0,
-                "longrope": 8 * L0}
+    # pi is spelled as llama3 (every band divided): vLLM and llama.cpp both take its window as is
+    expected = {"pi": 8 * L0, "dynamic-ntk": L0, "ntk": 8 * L0, "yarn": 8 * L0, "ntk-by-parts": 8 * L0,
+                "llama3": 8 * L0, "longrope": 8 * L0}
     for method, window in expected.items():
         model = tiny_model("llama")
         ctxext.patch_model(model, method, 8, **method_params(method, model))
         assert model.config.max_position_embeddings == window, method
         assert read_layout(model.config.to_dict()).effective_window() == 8 * L0
-    gemma = tiny_model("gemma3_text")  # vLLM does not multiply for Gemma 3
+    gemma = tiny_model("gemma3_text")  # vLLM does not multiply for Gemma 3: linear as is
     ctxext.patch_model(gemma, "pi", 8)
     assert gemma.config.max_position_embeddings == 8 * L0
+    assert gemma.config.rope_parameters["full_attention"]["rope_type"] == "linear"
     gemma = tiny_model("gemma3_text")  # but stock dynamic NTK reads it as the original window there too
     ctxext.patch_model(gemma, "dynamic-ntk", 8)
     assert gemma.config.max_position_embeddings == L0
