@@ -155,8 +155,10 @@ READER_RULES: tuple[ReaderRule, ...] = (
     ReaderRule(
         "vLLM",
         lambda w: w.rope_type == "dynamic",
-        lambda w: f"serves dynamic NTK as plain RoPE with a {w.max_position_embeddings:,}-row cos/sin cache while "
-        f"admitting {_vllm_window(w):,} tokens (NaN past the cache); use yarn (or ntk) for vLLM.",
+        lambda w: f"serves dynamic NTK as plain RoPE with a {w.max_position_embeddings:,}-row cos/sin cache"
+        + (f" while admitting {_vllm_window(w):,} tokens (NaN past the cache)" if _vllm_window(w) > w.max_position_embeddings
+           else f" and a {_vllm_window(w):,}-token window")
+        + "; use yarn (or ntk) for vLLM.",
     ),
     ReaderRule(
         "llama.cpp",
