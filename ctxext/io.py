@@ -5,6 +5,7 @@
     # renamed to out/llama-yarn only if the block finished
 
     atomic_write_json("out/eval/passkey.json", results)   # readers see the old or the new file
+    save_figure(fig, "out/eval/perplexity.png")              # a matplotlib Figure, the same way
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write a matplotlib `Figure` as PNG through `atomic_file`, on the Agg canvas (no pyplot, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -72,6 +72,6 @@ def run(args: argparse.Namespace) -> int:
     info = describe(read_config(out))
     record = info["ctxext"]
     print(f"wrote {out}: {record['method']} x{record['factor']:g}, window "
-          f"{record['original_max_position_embeddings']:,} -> {record['max_window']:,} tokens "
+          f"{record['original_max_position_embeddings']:,} -> {info['window']:,} tokens "
           f"(max_position_embeddings {info['max_position_embeddings']:,})")
     return 0

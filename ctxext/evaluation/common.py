@@ -129,7 +129,7 @@ def model_window(model: Any) -> int | None:
     if config is None:
         return None
     try:
-        return read_layout(config.to_dict()).effective_window()
+        return read_layout(config.to_dict()).window
     except CtxextError:  # not a RoPE model: its plain window
         window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         return int(window) if window else None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import CtxextError
+from .methods import scaled_window
 
 NO_ROPE = {
     "gpt2": "learned absolute position embeddings",
@@ -34,6 +35,11 @@ LOCAL_LAYER_TYPES = ("sliding_attention", "chunked_attention")
 WINDOW_IS_SCALED_TYPES = ("gemma3", "gemma3_text")
 
 GLOBAL = None  # the layer-type key of a model with one rope for all layers
+
+
+def recorded_window(record: Mapping[str, Any]) -> int:
+    """The window a `ctxext` config record says a patch reached (`window`; ctxext 0.1 wrote `max_window`)."""
+    return int(record["window"] if "window" in record else record["max_window"])
 
 
 class RopeConfigError(CtxextError):
@@ -85,7 +91,8 @@ class RopeLayout:
     def is_scaled(self) -> bool:
         return self.metadata is not None or self.scaling_type != "default"
 
-    def original_window(self) -> int | None:
+    @property
+    def original_max_position_embeddings(self) -> int | None:
         """The pre-training window L0 as this config records it; None when it cannot tell."""
         if self.metadata:
             return int(self.metadata["original_max_position_embeddings"])
@@ -97,15 +104,16 @@ class RopeLayout:
             return None  # Gemma 3 stores the scaled window only
         return self.max_position_embeddings
 
-    def effective_window(self) -> int:
-        """The window the scaling is meant for, read with the rules in this module's docstring."""
+    @property
+    def window(self) -> int:
+        """The window the config's scaling is meant for (the `window` of `Scaling`), read with this module's rules."""
         if self.metadata:
-            return int(self.metadata["max_window"])
+            return recorded_window(self.metadata)
         kind, factor = self.scaling_type, float(self.main.get("factor") or 1.0)
         if kind == "yarn":
-            return max(self.max_position_embeddings, int(round((self.original_window() or 0) * factor)))
+            return max(self.max_position_embeddings, scaled_window(self.original_max_position_embeddings or 0, factor))
         if kind in ("linear", "dynamic") and self.model_type not in WINDOW_IS_SCALED_TYPES:
-            return int(round(self.max_position_embeddings * factor))
+            return scaled_window(self.max_position_embeddings, factor)
         return self.max_position_embeddings
 
     def describe_scaling(self) -> str:
@@ -114,8 +122,8 @@ class RopeLayout:
             return f"{m['method']} (factor {m['factor']:g}, patched by ctxext from a {m['original_max_position_embeddings']}-token window)"
         main = self.main
         parts = [f"factor {main['factor']:g}"] if main.get("factor") else []
-        if self.original_window():
-            parts.append(f"original window {self.original_window()}")
+        if self.original_max_position_embeddings:
+            parts.append(f"original window {self.original_max_position_embeddings}")
         return f"{self.scaling_type} ({', '.join(parts)})" if parts else self.scaling_type
 
 

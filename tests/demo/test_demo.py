@@ -27,7 +27,7 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     assert main(["demo", "--quick", "--quiet", "--output", str(out)]) == 0  # the table even when quiet
     printed = capsys.readouterr().out
     report = json.loads((out / "demo.json").read_text())
-    assert report["original_window"] == 256 and report["factor"] == 8
+    assert report["original_max_position_embeddings"] == 256 and report["factor"] == 8
     names = ["base", "pi", "ntk", "yarn", "pi+lora", "yarn+lora"]
     assert [(r["model"], r["length"]) for r in report["rows"]] == [(n, L) for n in names for L in (256, 512, 1024, 2048)]
     for row in report["rows"]:

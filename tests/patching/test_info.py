@@ -20,7 +20,7 @@ def test_describe_a_per_layer_type_model(gemma):
     assert summary["model_type"] == "gemma3_text" and summary["rotary_dim"] == 16
     assert summary["scaled_layer_types"] == ["full_attention"]
     assert summary["rope"]["sliding_attention"] == {"rope_type": "default", "rope_theta": 10000.0}
-    assert summary["original_window"] == summary["effective_window"] == 64 and summary["scaling"] == "default"
+    assert summary["original_max_position_embeddings"] == summary["window"] == 64 and summary["scaling"] == "default"
 
 
 def test_json_output_after_a_patch(gemma, tmp_path, capsys):
@@ -28,7 +28,7 @@ def test_json_output_after_a_patch(gemma, tmp_path, capsys):
     capsys.readouterr()
     assert main(["info", str(tmp_path / "o"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["scaling"] == "pi" and summary["effective_window"] == 256 and summary["original_window"] == 64
+    assert summary["scaling"] == "pi" and summary["window"] == 256 and summary["original_max_position_embeddings"] == 64
     assert summary["ctxext"]["factor"] == 4.0
 
 

@@ -111,7 +111,7 @@ def test_config_is_written_in_both_spellings(tmp_path):
     assert saved["rope_theta"] == 10000.0 and saved["partial_rotary_factor"] == 0.5
     assert saved["max_position_embeddings"] == 8 * L0
     assert saved["original_max_position_embeddings"] == L0
-    assert saved["ctxext"]["method"] == "yarn" and saved["ctxext"]["max_window"] == 8 * L0
+    assert saved["ctxext"]["method"] == "yarn" and saved["ctxext"]["window"] == 8 * L0
 
 
 @pytest.mark.parametrize("arch", ["llama", "phi", "gpt_neox", "gemma3_text"])
@@ -143,7 +143,7 @@ def test_max_position_embeddings_follows_the_window_rule():
         model = tiny_model("llama")
         ctxext.patch_model(model, method, 8)
         assert model.config.max_position_embeddings == window, method
-        assert read_layout(model.config.to_dict()).effective_window() == 8 * L0
+        assert read_layout(model.config.to_dict()).window == 8 * L0
     gemma = tiny_model("gemma3_text")  # vLLM does not multiply for Gemma 3
     ctxext.patch_model(gemma, "pi", 8)
     assert gemma.config.max_position_embeddings == 8 * L0
@@ -233,7 +233,7 @@ def test_already_scaled_model_is_refused_unless_replaced(kind):
     layout = read_layout(model.config.to_dict())
     original = {"llama3": 32, "yarn": 64, "linear": L0}[kind]
     assert model.config.rope_parameters["original_max_position_embeddings"] == original
-    assert layout.effective_window() == 8 * original
+    assert layout.window == 8 * original
 
 
 def test_longrope_phi3_is_recognised():
