@@ -81,5 +81,5 @@ def test_the_config_only_modules_never_import_torch():
 
 def test_the_layer_walk_sees_relative_and_function_level_imports(tmp_path):
     # the walker itself: a relative import inside a function is found and resolved
-    assert "ctxext.patching.model" in _imports(PACKAGE / "training" / "finetune.py")
+    assert "ctxext.patching.model" in _imports(PACKAGE / "training" / "model.py")
     assert "ctxext.rope.layout" in _imports(PACKAGE / "evaluation" / "common.py")
