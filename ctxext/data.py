@@ -9,14 +9,28 @@ Returns a `datasets.Dataset` with one column, `text`, one document per row. Load
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import CtxextError
 
 TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TEXT_FIELDS = ("text", "content", "document", "body")
+
+
+@contextlib.contextmanager
+def datasets_progress_bars(enabled: bool) -> Iterator[None]:
+    """datasets' (process-wide) progress bars on or off inside the block, and as they were after it."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
+    try:
+        yield
+    finally:
+        (datasets.disable_progress_bars if was_disabled else datasets.enable_progress_bars)()
 
 
 def load_texts(source: str | os.PathLike, split: str = "train", text_field: str | None = None) -> Any:
@@ -60,13 +74,8 @@ def load_texts(source: str | os.PathLike, split: str = "train", text_field: str 
     if field != "text":
         dataset = dataset.rename_column(field, "text")
     # a progress bar for dropping blank documents is noise, and it would break one-line error output
-    quiet = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
+    with datasets_progress_bars(False):
         dataset = dataset.filter(lambda row: bool(row["text"] and row["text"].strip()))
-    finally:
-        if not quiet:
-            datasets.enable_progress_bars()
     if len(dataset) == 0:
         raise CtxextError(f"Dataset {text!r} is empty: it has no non-blank documents.")
     return dataset

@@ -134,3 +134,29 @@ def test_v4_model_types_are_the_v4_readers_rotary_causal_lms(v4_env, tmp_path):
     missing = sorted(set(v4["rotary"]) - _compat.V4_MODEL_TYPES)
     assert not unknown, f"transformers {v4['version']} does not load {unknown} as causal LMs; update _compat.V4_MODEL_TYPES"
     assert not missing, f"transformers {v4['version']} has rotary causal LMs {missing} missing from _compat.V4_MODEL_TYPES"
+
+
+def test_no_module_but_compat_touches_another_objects_private_names():
+    """Outside ctxext/_compat.py, no `obj._name` of anything but the module's own object, no `__code__` /
+    `__dict__` / `__dataclass_fields__`, and no getattr/hasattr of a private name (ctxext's own `_ctxext_*` aside)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(_compat.__file__).parent
+    allowed_dunders = {"__name__", "__init__", "__file__", "__version__", "__main__", "__class__", "__qualname__"}
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "_compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Attribute) and ast.unparse(node.value) not in ("self", "cls", "ctx"):
+                names.append(node.attr)
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("getattr", "hasattr", "setattr", "delattr"):
+                if len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+                    names.append(node.args[1].value)
+            for name in names:
+                dunder = name.startswith("__") and name.endswith("__")
+                if (dunder and name not in allowed_dunders) or (name.startswith("_") and not dunder and not name.startswith("_ctxext")):
+                    found.append(f"{path.relative_to(package.parent)}:{node.lineno} {name}")
+    assert not found, "private names touched outside _compat:\n" + "\n".join(found)

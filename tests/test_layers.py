@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ctxext"
 
 #: bottom to top; a module may import its own layer and the ones below it
 LAYERS = ("base", "rope", "patching", "evaluation", "training", "search", "demo", "cli")
-BASE = {"errors", "io", "loading", "data", "_compat"}
+BASE = {"errors", "io", "loading", "data", "_compat", "lm_head"}
 
 
 def _layer(module: str) -> str:

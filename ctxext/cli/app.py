@@ -18,7 +18,7 @@ import sys
 
 from .. import __version__
 from ..errors import CtxextError
-from .options import Parser
+from .options import Parser, one_line_warnings
 
 #: subcommands in the order `ctxext --help` lists them
 COMMANDS: tuple[str, ...] = ("demo", "patch", "info", "eval", "train")
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "func"):
             build_parser().print_help()
             return 0
-        result = args.func(args)
+        with one_line_warnings():
+            result = args.func(args)
         return int(result or 0)
     except CtxextError as err:
         if os.environ.get("CTXEXT_DEBUG"):

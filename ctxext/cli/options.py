@@ -14,12 +14,15 @@ that command modules import it without importing the dispatcher that imports the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
+import sys
 import typing
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import CtxextError
 
@@ -31,6 +34,45 @@ class ArgumentError(CtxextError):
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse would print usage and exit 2 itself
         raise ArgumentError(f"{self.prog}: {message[0].upper()}{message[1:]}; see {self.prog} --help.")
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """While a command runs, warnings show as `warning: message`, one line above any progress bar.
+
+    The command line owns its process's output; `warnings.catch_warnings` puts the display (and the
+    filters) back as they were when the command returns, so an in-process caller of `main` keeps its own.
+    """
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {message}", file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def progress_bars(shown: bool) -> Iterator[None]:
+    """transformers' and datasets' own progress bars (loading weights, filtering) hidden inside the block
+    unless `shown`, and as they were after it."""
+    if shown:
+        yield
+        return
+    from transformers.utils import logging
+
+    from ..data import datasets_progress_bars
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        with datasets_progress_bars(False):
+            yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
 
 
 def positive_int(text: str) -> int:

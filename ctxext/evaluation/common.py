@@ -211,25 +211,6 @@ class ResultsFile:
             atomic_write_json(self.path, data)
 
 
-@contextlib.contextmanager
-def one_line_warnings() -> Iterator[None]:
-    """Show warnings as `warning: message` on one line (the CLI's style) inside the block."""
-    original = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        import sys
-
-        from tqdm import tqdm
-
-        tqdm.write(f"warning: {message}", file=file or sys.stderr)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = original
-
-
 def slug(name: str) -> str:
     """A file-name-safe form of a model name ("org/model-7b" -> "org_model-7b")."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
