@@ -84,7 +84,6 @@ def run_demo(
     source = demo_model_path()
     say = print if progress else (lambda *a, **k: None)
     started = time.perf_counter()
-    torch.manual_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(source)
     base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     window = read_layout(base.config.to_dict()).window

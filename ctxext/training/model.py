@@ -87,6 +87,7 @@ def empty_model(source: str, dtype: str, attn_implementation: str) -> Any:
         model = AutoModelForCausalLM.from_config(
             config, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
         )
+    model.tie_weights()  # init_empty_weights re-creates every parameter it registers, which unties a tied head
     return model.eval()
 
 
