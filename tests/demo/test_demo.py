@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ctxext.cli import main
 from ctxext.demo.run import demo_model_path
 from ctxext.evaluation.passkey import evaluate_passkey
+from pictures import assert_picture
 
 
 def test_the_embedded_model_retrieves_inside_its_window_and_not_at_8x():
@@ -35,7 +36,7 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     for name in names:
         assert name in printed
     for picture in ["passkey_accuracy.png", "perplexity.png"] + [f"passkey_heatmap_{n}.png" for n in ("base", "yarn")]:
-        assert (out / picture).read_bytes()[:4] == b"\x89PNG", picture
+        assert_picture(out / picture)
     md = (out / "report.md").read_text()
     assert "| yarn+lora |" in md and "![accuracy vs length](passkey_accuracy.png)" in md
     assert (out / "models" / "yarn+lora" / "config.json").exists()
