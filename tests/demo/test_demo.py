@@ -33,6 +33,17 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     assert [(r["model"], r["length"]) for r in report["rows"]] == [(n, L) for n in names for L in (256, 512, 1024, 2048)]
     for row in report["rows"]:
         assert 0 <= row["accuracy"] <= 1 and row["perplexity"] > 1
+    # what README's "What the demo shows" claims, at quick settings (3 keys per cell, 25 fine-tune steps)
+    acc = {(r["model"], r["length"]): r["accuracy"] for r in report["rows"]}
+    ppl = {(r["model"], r["length"]): r["perplexity"] for r in report["rows"]}
+    assert acc["base", 256] == 1.0 and acc["base", 2048] == 0.0  # every key inside its window, none at 8x
+    assert acc["yarn+lora", 2048] == acc["base", 256] == 1.0  # at 8x as well as the base model at 1x
+    assert min(acc["yarn+lora", n] for n in (256, 512, 1024, 2048)) == 1.0
+    assert ppl["yarn+lora", 2048] < ppl["base", 2048]
+    assert acc["ntk", 512] == 1.0 and acc["ntk", 1024] > acc["base", 1024] and acc["ntk", 2048] == 0.0  # breaks at 8x
+    assert acc["yarn", 2048] >= 0.5 > acc["base", 2048]  # yarn retrieves at 8x without training
+    assert all(acc["pi", n] == 0.0 for n in (256, 512, 1024, 2048)) and ppl["pi", 256] > 10  # pi wrecks the small model
+    assert ppl["pi+lora", 2048] < ppl["pi", 2048] / 4 and acc["pi+lora", 2048] == 0.0  # perplexity repaired, retrieval not
     for name in names:
         assert name in printed
     for picture in ["passkey_accuracy.png", "perplexity.png"] + [f"passkey_heatmap_{n}.png" for n in ("base", "yarn")]:
