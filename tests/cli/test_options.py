@@ -85,3 +85,61 @@ def test_eval_defaults_are_the_functions_own(command, function):
     for option in args.options:
         assert getattr(args, option.name) == parameters[option.name].default, option.name
     assert tuple(choices_of(subparser("eval", command), "dtype")) == DTYPES
+
+
+def test_a_command_leaves_warnings_and_progress_bars_as_it_found_them(tmp_path, capsys):
+    """--quiet and the one-line warnings hold while the command runs; the caller's settings come back."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging
+
+    from ctxext.cli import main
+    from evalkit import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "base", window=256)
+    show = warnings.showwarning
+    filters = list(warnings.filters)
+    logging.enable_progress_bar()
+    datasets.enable_progress_bars()
+    try:
+        code = main(["eval", "passkey", str(path), "--lengths", "260", "--depths", "0", "--trials", "1",
+                     "--output", str(tmp_path / "eval"), "--quiet"])
+        assert code == 0
+        assert "warning: " in capsys.readouterr().err  # shown the CLI's way while it ran
+        assert warnings.showwarning is show and warnings.filters == filters
+        assert logging.is_progress_bar_enabled() and not datasets.are_progress_bars_disabled()
+    finally:
+        logging.disable_progress_bar()  # as tests/conftest.py leaves it
+
+
+def test_datasets_progress_bars_are_restored_either_way():
+    import datasets
+
+    from ctxext.data import datasets_progress_bars
+
+    for start in (True, False):
+        (datasets.enable_progress_bars if start else datasets.disable_progress_bars)()
+        with datasets_progress_bars(not start):
+            assert datasets.are_progress_bars_disabled() == start
+        assert datasets.are_progress_bars_disabled() == (not start)
+    datasets.enable_progress_bars()
+
+
+def test_ctxext_info_plots_without_pyplot(tmp_path):
+    """The picture is a Figure of its own: pyplot (and its global state, backend and figure list) is never loaded."""
+    import subprocess
+    import sys
+
+    from checkpoints import save_checkpoint
+
+    src = save_checkpoint(tmp_path / "llama", "llama")
+    code = (
+        "import sys; from ctxext.cli import main; "
+        f"assert main(['info', {str(src)!r}, '--method', 'yarn', '--factor', '4', '--plot', {str(tmp_path / 'd.png')!r}]) == 0; "
+        "print('matplotlib.pyplot' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False" and (tmp_path / "d.png").is_file()

@@ -323,3 +323,40 @@ def test_patch_model_returns_the_same_object():
     model = tiny_model("llama")
     assert ctxext.patch_model(model, "pi", 2) is model
     assert tiny_config("llama").max_position_embeddings == L0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_a_patch_planned_once_applies_like_patch_model_without_planning_again(arch, monkeypatch):
+    import ctxext.patching.model
+    from ctxext.patching.model import apply_patch
+    from ctxext.rope.methods import resolve
+    from ctxext.rope.plan import plan_patch
+
+    reference = ctxext.patch_model(tiny_model(arch), "yarn", 4)
+    model = tiny_model(arch)
+    patch = plan_patch(read_layout(model.config.to_dict()), resolve("yarn", 4))
+
+    def no_second_plan(*args, **kwargs):
+        raise AssertionError("apply_patch planned the patch again")
+
+    monkeypatch.setattr(ctxext.patching.model, "plan_patch", no_second_plan)
+    assert apply_patch(model, patch) is model
+    assert model.config.to_dict() == reference.config.to_dict()
+    ids = token_ids(4 * 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=0, atol=0)
+
+
+def test_a_patch_planned_for_another_config_is_refused_and_changes_nothing():
+    from ctxext.patching.model import apply_patch
+    from ctxext.rope.layout import RopeConfigError
+    from ctxext.rope.methods import resolve
+    from ctxext.rope.plan import plan_patch
+
+    other = tiny_model("llama", max_position_embeddings=128)
+    patch = plan_patch(read_layout(other.config.to_dict()), resolve("yarn", 4))
+    model = tiny_model("llama")
+    before = model.config.to_dict(), model.model.rotary_emb.inv_freq.clone()
+    with pytest.raises(RopeConfigError, match="planned for another llama rope layout"):
+        apply_patch(model, patch)
+    assert model.config.to_dict() == before[0] and torch.equal(model.model.rotary_emb.inv_freq, before[1])

@@ -137,6 +137,20 @@ def test_a_recipe_with_keywords_on_top_and_the_callers_random_state_left_alone(t
     assert "0 warmup steps" in card and "3 x 1 sequences" in card
 
 
+def test_the_patch_is_planned_once_per_run(tmp_path, monkeypatch):
+    import ctxext.patching.model
+    import ctxext.rope.plan
+    import ctxext.training.finetune as module
+
+    plans = []
+    plan = ctxext.rope.plan.plan_patch
+    monkeypatch.setattr(module, "plan_patch", lambda *a, **k: plans.append(1) or plan(*a, **k))
+    monkeypatch.setattr(ctxext.patching.model, "plan_patch", lambda *a, **k: pytest.fail("planned a second time"))
+    ids = torch.randint(4, 128, (2000,), generator=torch.Generator().manual_seed(0))
+    result = finetune(tiny_model("llama"), "yarn", 2, ids, tmp_path / "out", max_steps=1, save_every=0, progress=False)
+    assert plans == [1] and result.model.config.rope_parameters["rope_type"] == "yarn"
+
+
 def test_loss_falls_and_the_log_records_every_step(trained):
     log = trained.log
     assert [r["step"] for r in log] == list(range(1, 31))
