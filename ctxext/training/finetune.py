@@ -37,8 +37,19 @@ from ..io import check_output_dir
 from ..rope.layout import read_layout
 from ..rope.methods import METHODS, resolve
 from ..rope.plan import RopePatch, plan_patch
-from .recipe import RECIPE_FIELDS, Recipe, build_recipe, learning_rate_at  # noqa: F401  (public names)
-from .resume import checkpoint_dir  # noqa: F401  (public name)
+from .loop import seeded, train_loop
+from .model import check_model, empty_model, fsdp_plugin, load_for_training, read_config, trainable_module, training_dtype
+from .packing import SampleStream, check_tokens, describe_dataset, read_dataset, tokenize
+from .recipe import RECIPE_FIELDS, Recipe, build_recipe, learning_rate_at  # noqa: F401  (learning_rate_at: public name)
+from .resume import (  # noqa: F401  (checkpoint_dir: public name)
+    checkpoint_dir,
+    refuse_leftovers,
+    register_trainable_checkpointing,
+    restore,
+    resume_point,
+    start_run_dir,
+)
+from .save import card_recipe, save_run
 
 #: every method parameter finetune passes on to the patch (beta_fast, attention_factor, ...)
 METHOD_PARAMS: tuple[str, ...] = tuple(dict.fromkeys(p for m in METHODS.values() for p in m.params))
@@ -99,32 +110,26 @@ def finetune(
     """
     from accelerate.utils import DistributedType
 
-    from .resume import refuse_leftovers
-
     # -- plan: everything that needs no weights, the patch planned once -------------------------------
     recipe, params = _split_keywords(recipe, keywords)
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
     output = check_output_dir(output_dir, overwrite)
     run_dir = checkpoint_dir(output)
     refuse_leftovers(run_dir, resume, overwrite)
-    from .model import check_model, read_config
-
     source = check_model(model)
     accelerator = _accelerator(recipe)
     sharded = accelerator.distributed_type == DistributedType.FSDP
     if sharded and not isinstance(model, (str, os.PathLike)):
         raise CtxextError("Under FSDP, give the model as a hub id or checkpoint directory, not a loaded model object.")
     say = _printer(accelerator.is_main_process and progress)
+    config = read_config(model, source)
+    patch = plan_patch(read_layout(config), scaling, replace=replace)  # the run's one plan: applied, never redone
+    length, pose_target = recipe.lengths(patch.original_max_position_embeddings, patch.window)
 
     # -- data ---------------------------------------------------------------------------------------
-    from .packing import check_tokens, describe_dataset, read_dataset, tokenize
-
     described = describe_dataset(dataset)
     with accelerator.main_process_first():  # the main process downloads and tokenizes; the others read caches
         data = read_dataset(dataset, split=recipe.split, text_field=recipe.text_field)
-    config = read_config(model, source)
-    patch = plan_patch(read_layout(config), scaling, replace=replace)
-    length, pose_target = recipe.lengths(patch.original_max_position_embeddings, patch.window)
     if tokenizer is None and isinstance(model, (str, os.PathLike)):
         from ..loading import load_tokenizer
 
@@ -134,11 +139,7 @@ def finetune(
     check_tokens(tokens, length, config, tokenizer, described)
     run = _run_record(source, patch, replace, described, len(tokens), accelerator.num_processes, recipe)
 
-    from .resume import resume_point
-
     start = resume_point(run_dir, run, resume, say)
-
-    from .loop import seeded
 
     with seeded(recipe.seed):
         # -- model: load, patch (the plan above), LoRA, loss ------------------------------------------
@@ -146,9 +147,6 @@ def finetune(
             accelerator, model, source, patch, recipe, tokens, length, pose_target, sharded)
 
         # -- loop ---------------------------------------------------------------------------------------
-        from .loop import train_loop
-        from .resume import restore, start_run_dir
-
         start_run_dir(accelerator, run_dir, run, start)
         log, loader, first_step = restore(accelerator, run_dir, start, loader, recipe.gradient_accumulation_steps)
         global_batch = recipe.batch_size * recipe.gradient_accumulation_steps * accelerator.num_processes
@@ -163,9 +161,6 @@ def finetune(
                          log=log, run_dir=run_dir, progress=progress, on_step=on_step)
 
         # -- save: adapter, merge, the output whole ---------------------------------------------------
-        from .model import empty_model, trainable_module, training_dtype
-        from .save import card_recipe, save_run
-
         def rebuild() -> Any:  # FSDP: the unsharded model to assign the gathered weights to, on the meta device
             return trainable_module(empty_model(source, training_dtype(recipe.dtype, accelerator), "sdpa"), patch, recipe)
 
@@ -200,8 +195,6 @@ def _accelerator(recipe: Recipe) -> Any:
     launch, memory-efficient loading on (see `ctxext.training.model`)."""
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin
-
-    from .model import fsdp_plugin
 
     kwargs = {}
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # what accelerate launch sets for FSDP
@@ -239,10 +232,6 @@ def _model_and_data(accelerator: Any, model: Any, source: str, patch: RopePatch,
     stage and the sample stream."""
     import torch
     from torch.utils.data import DataLoader
-
-    from .model import load_for_training, trainable_module
-    from .packing import SampleStream
-    from .resume import register_trainable_checkpointing
 
     if isinstance(model, (str, os.PathLike)):
         model = load_for_training(source, accelerator, recipe.dtype, sharded)
