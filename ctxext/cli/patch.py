@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .options import number, positive_int
-from ..rope.methods import METHOD_CHOICES, METHODS
+from ..rope.methods import METHOD_CHOICES, METHOD_PARAMETERS, METHODS
 
 EXAMPLES = """\
 examples:
@@ -21,8 +21,8 @@ examples:
 methods:
 """ + "\n".join(f"  {m.name:<13} {m.summary}" for m in METHODS.values())
 
-#: method parameters that get a command-line option (HF spelling, dashes on the command line)
-PARAMS = ("beta_fast", "beta_slow", "attention_factor", "low_freq_factor", "high_freq_factor")
+#: method parameters that get a command-line option (HF spelling, dashes on the command line): the registry's
+PARAMS = METHOD_PARAMETERS
 
 
 def add_scaling_arguments(parser: argparse.ArgumentParser) -> None:

@@ -92,6 +92,9 @@ ALIASES: Mapping[str, str] = MappingProxyType({a: m.name for m in METHODS.values
 #: every spelling `--method` accepts, canonical names first
 METHOD_CHOICES: tuple[str, ...] = (*METHODS, *ALIASES)
 
+#: every method parameter of the registry (HF spelling), in order of first appearance
+METHOD_PARAMETERS: tuple[str, ...] = tuple(dict.fromkeys(p for m in METHODS.values() for p in m.params))
+
 
 @dataclass(frozen=True)
 class Scaling:

@@ -35,7 +35,7 @@ from .. import __version__
 from ..errors import CtxextError
 from ..io import check_output_dir
 from ..rope.layout import read_layout
-from ..rope.methods import METHODS, resolve
+from ..rope.methods import METHOD_PARAMETERS, resolve
 from ..rope.plan import RopePatch, plan_patch
 from .loop import seeded, train_loop
 from .model import check_model, empty_model, fsdp_plugin, load_for_training, read_config, trainable_module, training_dtype
@@ -50,9 +50,6 @@ from .resume import (  # noqa: F401  (checkpoint_dir: public name)
     start_run_dir,
 )
 from .save import card_recipe, save_run
-
-#: every method parameter finetune passes on to the patch (beta_fast, attention_factor, ...)
-METHOD_PARAMS: tuple[str, ...] = tuple(dict.fromkeys(p for m in METHODS.values() for p in m.params))
 
 
 @dataclass
@@ -179,11 +176,11 @@ def finetune(
 
 def _split_keywords(recipe: Recipe | None, keywords: dict[str, Any]) -> tuple[Recipe, dict[str, Any]]:
     """(the recipe with its fields among `keywords` applied, the method parameters); anything else is refused."""
-    unknown = sorted(set(keywords) - set(RECIPE_FIELDS) - set(METHOD_PARAMS))
+    unknown = sorted(set(keywords) - set(RECIPE_FIELDS) - set(METHOD_PARAMETERS))
     if unknown:
         raise CtxextError(
             f"finetune got unknown argument(s) {', '.join(unknown)}; valid recipe fields: {', '.join(RECIPE_FIELDS)}; "
-            f"method parameters: {', '.join(METHOD_PARAMS)}."
+            f"method parameters: {', '.join(METHOD_PARAMETERS)}."
         )
     fields = {k: v for k, v in keywords.items() if k in RECIPE_FIELDS}
     params = {k: v for k, v in keywords.items() if k not in RECIPE_FIELDS}
