@@ -410,9 +410,10 @@ def _libc() -> Any:
         return None
 
 
-def _move_into_place(tmp: Path, dst: Path) -> None:
-    """Rename the finished `tmp` to `dst`: an atomic exchange when replacing, never over a newcomer."""
-    if os.path.lexists(dst):
+def _move_into_place(tmp: Path, dst: Path, replace: bool) -> None:
+    """Rename the finished `tmp` to `dst`: an atomic exchange when replacing the output checked at the
+    start (`replace`), otherwise a rename that refuses to land on anything that appeared meanwhile."""
+    if replace and os.path.lexists(dst):
         if _renameat2(tmp, dst, _RENAME_EXCHANGE):
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous output
             return
@@ -444,6 +445,7 @@ def staged_directory(
     """
     with output_lock(dst) as dst:
         dst = check_output_dir(dst, overwrite, sources=sources)
+        replace = os.path.lexists(dst)  # an output checked as ctxext's own (or empty), under the lock
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
@@ -452,7 +454,7 @@ def staged_directory(
             raise CtxextError(f"Cannot write {dst}: {err.strerror or err}; choose another --output.") from None
         try:
             yield tmp
-            _move_into_place(tmp, dst)
+            _move_into_place(tmp, dst, replace)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -141,9 +141,11 @@ def _check_safetensors(path: Path) -> set[str]:
             meta = json.loads(header)
             if not isinstance(meta, dict):
                 raise ValueError
-            ends = [entry["data_offsets"][1] for name, entry in meta.items() if name != "__metadata__"]
-            if not all(isinstance(end, int) and not isinstance(end, bool) for end in ends):
+            spans = [entry["data_offsets"] for name, entry in meta.items() if name != "__metadata__"]
+            if not all(isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)
+                       and 0 <= span[0] <= span[1] for span in spans):
                 raise TypeError
+            ends = [span[1] for span in spans]
         except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
             problem = "is corrupt (its header is not a safetensors header)"
         else:
