@@ -411,3 +411,16 @@ def test_the_same_as_a_real_process(case, inside):
                             env=env, cwd=world.root, timeout=120)
     check_refusal(result.returncode, result.stdout, result.stderr, message)
     assert snapshot(world.root) == before
+
+
+def test_a_window_beyond_the_models_own_is_written_with_one_warning_line(world, tmp_path):
+    """Accepted (it may be what the user means), but said once, on one line, in a real process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONWARNINGS", None)
+    result = subprocess.run([sys.executable, "-m", "ctxext.cli", "patch", str(world.good), "--method", "yarn", "--factor", "2",
+                             "--original-max-position-embeddings", "100000", "--output", str(tmp_path / "wide")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(
+        "warning: original_max_position_embeddings 100,000 is larger than the 256-token window this config records"), result.stderr
+    assert "window 100,000 -> 200,000 tokens" in result.stdout
