@@ -151,7 +151,7 @@ def warn_beyond_window(name: str, model: Any, lengths: Iterable[int]) -> None:
             f"{name} has a {window}-token window; length{'s' if len(beyond) > 1 else ''} {listed} "
             f"{'are' if len(beyond) > 1 else 'is'} beyond it and evaluated anyway.",
             LengthBeyondWindowWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of evaluate_*, past io.one_writer's wrapper (issue 10)
         )
 
 
