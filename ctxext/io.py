@@ -300,7 +300,7 @@ def output_lock(dst: str | os.PathLike, what: str = "--output") -> Iterator[Path
         _check_parent(dst, what)
         if created:
             try:
-                parent.mkdir(parents=True)
+                parent.mkdir(parents=True, exist_ok=True)  # another writer may make it at the same moment
             except OSError as err:
                 raise CtxextError(f"Cannot write {dst}: {err.strerror or err}; choose another {what}.") from None
         fd = _acquire(lock, dst, what)
@@ -406,7 +406,7 @@ def _renameat2(src: Path, dst: Path, flags: int) -> bool:
 def _libc() -> Any:
     try:
         return ctypes.CDLL(None, use_errno=True)
-    except OSError:  # pragma: no cover
+    except (OSError, TypeError):  # pragma: no cover - no C library to open by that name (Windows)
         return None
 
 
