@@ -228,3 +228,35 @@ def test_patch_and_info_import_no_torch(sources, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("NO-TORCH")
+
+
+def test_factor_1_rewrites_into_both_spellings_and_replace_restores_the_unscaled_model(sources, tmp_path, capsys):
+    # README: `--method ntk --factor 1` rewrites any checkpoint into both spellings without changing it,
+    # and `--factor 1 --replace` restores the unscaled model (both once crashed after writing, exit 1)
+    both = tmp_path / "both"
+    code, out, err = run_cli("patch", sources["llama"], "--method", "ntk", "--factor", 1, "--output", both,
+                             capsys=capsys)
+    assert code == 0 and err == "" and "unscaled" in out
+    config = json.loads((both / "config.json").read_text())
+    original = json.loads((sources["llama"] / "config.json").read_text())
+    assert config["rope_parameters"]["rope_type"] == "default" and "ctxext" not in config
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == original["rope_parameters"]["rope_theta"]
+    assert config["max_position_embeddings"] == L0
+    ids = token_ids(2 * L0)
+    base = AutoModelForCausalLM.from_pretrained(sources["llama"]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(both).eval()(ids).logits, base(ids).logits,
+                                   rtol=0, atol=0)
+
+    scaled, restored = tmp_path / "yarn", tmp_path / "restored"
+    assert run_cli("patch", sources["llama"], "--method", "yarn", "--factor", 8, "--output", scaled,
+                   capsys=capsys)[0] == 0
+    code, out, err = run_cli("patch", scaled, "--method", "yarn", "--factor", 1, "--replace", "--output", restored,
+                             capsys=capsys)
+    assert code == 0 and err == "" and "unscaled" in out
+    config = json.loads((restored / "config.json").read_text())
+    assert config["rope_parameters"]["rope_type"] == "default" and "ctxext" not in config
+    assert config["max_position_embeddings"] == L0
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(restored).eval()(ids).logits,
+                                   base(ids).logits, rtol=0, atol=0)
