@@ -1,7 +1,7 @@
-"""ctxext.io's promises, as behaviour: readers see the old file or the new one, never half of either;
-a staged directory appears whole or not at all, and leaves nothing behind when it fails.
+"""ctxext.io's atomic files, as behaviour: readers see the old file or the new one, never half of either,
+a failure leaves the old one and no temporary file, and pictures are written the same way.
 
-(Error messages of io.py and loading.py are tested with the rest of the error paths.)
+(The output-safety rule and staged directories are tested in tests/test_io.py.)
 """
 
 import os
@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from ctxext.io import atomic_file, atomic_write_json, atomic_write_text, save_figure, staged_directory
+from ctxext.io import atomic_file, atomic_write_json, atomic_write_text, save_figure
 
 
 def test_atomic_file_replaces_only_when_the_block_finishes(tmp_path):
@@ -62,39 +62,6 @@ def test_a_reader_never_sees_a_partial_file(tmp_path):
     assert failures == []
 
 
-def test_a_staged_directory_appears_whole_and_replaces_the_old_one_whole(tmp_path):
-    out = tmp_path / "a" / "b" / "out"
-    old = os.umask(0o022)
-    try:
-        with staged_directory(out) as tmp:
-            (tmp / "config.json").write_text("{}")
-            assert not out.exists() and tmp.parent == out.parent
-    finally:
-        os.umask(old)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
-    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # the usual permissions, not mkdtemp's 0700
-    with staged_directory(out, overwrite=True) as tmp:
-        (tmp / "model.safetensors").write_text("w")
-    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]  # the old content is gone
-    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no .partial, no .old
-
-
-def test_a_failed_staged_directory_leaves_the_filesystem_as_it_was(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        with staged_directory(tmp_path / "new" / "deeper" / "out") as tmp:
-            (tmp / "half").write_text("x")
-            raise KeyboardInterrupt
-    assert list(tmp_path.iterdir()) == []  # the parents it created are gone too
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep").write_text("mine")
-    with pytest.raises(ValueError):
-        with staged_directory(tmp_path / "out", overwrite=True) as tmp:
-            (tmp / "half").write_text("x")
-            raise ValueError("bad")
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep"]  # an overwrite that fails keeps the old
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-
-
 def test_save_figure_writes_a_png_through_a_temporary_file(tmp_path):
     from matplotlib.figure import Figure
 
@@ -105,3 +72,5 @@ def test_save_figure_writes_a_png_through_a_temporary_file(tmp_path):
     path = save_figure(fig, tmp_path / "plot.png")
     assert path == tmp_path / "plot.png" and [p.name for p in tmp_path.iterdir()] == ["plot.png"]
     assert_picture(path, min_width=250, min_height=180)
+    svg = save_figure(fig, tmp_path / "plot.svg")  # the format follows the extension
+    assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()

@@ -17,9 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import inspect
-import sys
 import typing
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
@@ -34,24 +32,6 @@ class ArgumentError(CtxextError):
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse would print usage and exit 2 itself
         raise ArgumentError(f"{self.prog}: {message[0].upper()}{message[1:]}; see {self.prog} --help.")
-
-
-@contextlib.contextmanager
-def one_line_warnings() -> Iterator[None]:
-    """While a command runs, warnings show as `warning: message`, one line above any progress bar.
-
-    The command line owns its process's output; `warnings.catch_warnings` puts the display (and the
-    filters) back as they were when the command returns, so an in-process caller of `main` keeps its own.
-    """
-
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        from tqdm import tqdm
-
-        tqdm.write(f"warning: {message}", file=file or sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import CtxextError
+from ..io import one_writer
 from .common import (
     ModelEntry,
     ModelSpec,
@@ -67,16 +68,12 @@ def windows(n_tokens: int, length: int, stride: int) -> list[tuple[int, int, int
 def _texts(dataset: Any, split: str, text_field: str | None) -> tuple[str, Iterable[str]]:
     """(a name for messages, the documents) from a path, a datasets name, a Dataset or a list of strings."""
     if isinstance(dataset, (str, os.PathLike)):
-        import contextlib
-
-        from ..data import datasets_progress_bars, load_texts
+        from ..data import load_texts
 
         path = Path(dataset).expanduser()
         if path.is_file() and path.stat().st_size == 0:
             raise CtxextError(f"{dataset} is empty; give a file with text in it.")
-        # no "Generating"/"Filter" bars for a local file
-        with datasets_progress_bars(False) if path.exists() else contextlib.nullcontext():
-            loaded = load_texts(dataset, split=split, text_field=text_field)
+        loaded = load_texts(dataset, split=split, text_field=text_field)  # a local file: quietly
         return str(dataset), (row["text"] for row in loaded)
     if hasattr(dataset, "column_names"):  # a datasets.Dataset
         field = text_field or "text"
@@ -230,6 +227,7 @@ def perplexity_at(
             yield len(batch), nll_sum(model, ids, scored, through_head), scored * len(batch)
 
 
+@one_writer("output_dir")  # issue 10: one run at a time writes an output directory
 def evaluate_perplexity(
     models: ModelSpec | Sequence[ModelSpec],
     dataset: Any,
@@ -268,7 +266,8 @@ def evaluate_perplexity(
             raise CtxextError(f"{name} must be a whole number of at least 1, got {value!r}.")
     entries = resolve_models(models)
     check_device(device, dtype)
-    out = ResultsFile(output_dir, "perplexity.json", resume=resume, overwrite=overwrite)
+    out = ResultsFile(output_dir, "perplexity.json", resume=resume, overwrite=overwrite,
+                      sources=[*(e.source for e in entries), dataset])
     source, texts = _texts(dataset, split, text_field)
     need = tokens_per_document or lengths[-1]
     if need < lengths[-1]:
@@ -300,7 +299,8 @@ def evaluate_perplexity(
     results = out.results
     todo = {e.name: [n for n in lengths if (e.name, n) not in done] for e in entries}
     total = sum(len(windows(need, n, stride)) * n_docs for ns in todo.values() for n in ns)
-    bar = tqdm(total=total, unit="window", desc="perplexity", disable=not progress)
+    bar = tqdm(total=total, unit="window", desc="perplexity", disable=not progress,
+               delay=0.5)  # issue 10: a model that fails to load leaves no bar above the error
     try:
         active: list[ModelEntry] = [e for e in entries if todo[e.name]]
         for entry, model, _ in iterate_models(active, device=device, dtype=dtype):

@@ -19,6 +19,9 @@ from ..io import save_figure
 from ..rope.methods import Scaling, resolve
 from ..rope.layout import RopeLayout, read_layout
 
+#: file kinds `ctxext info --plot` writes (matplotlib's, less those that need LaTeX or are raw buffers)
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "eps", "tif", "tiff")
+
 
 def describe(config: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON-ready summary of a config's RoPE: what `ctxext info` prints."""

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..errors import CtxextError
-from ..io import check_output_dir
+from ..io import check_apart, check_output_dir, one_writer, removable
 from ..rope.layout import read_layout
 from ..rope.methods import METHOD_PARAMETERS, resolve
 from ..rope.plan import RopePatch, plan_patch
@@ -70,6 +70,7 @@ class TrainResult:
         return self.log[0]["loss"]
 
 
+@one_writer("output_dir")  # one run writes an output (and its .checkpoints) at a time
 def finetune(
     model: Any,
     method: str,
@@ -110,10 +111,17 @@ def finetune(
     # -- plan: everything that needs no weights, the patch planned once -------------------------------
     recipe, params = _split_keywords(recipe, keywords)
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
-    output = check_output_dir(output_dir, overwrite)
+    source = check_model(model)  # checked first, so its own problems are what gets reported
+    # the output rule of ctxext.io: never the model or the data, --overwrite only on ctxext's own
+    output = check_output_dir(output_dir, overwrite, sources=(model, dataset))
     run_dir = checkpoint_dir(output)
+    check_apart(run_dir, (model, dataset))
     refuse_leftovers(run_dir, resume, overwrite)
-    source = check_model(model)
+    if os.path.lexists(run_dir) and not removable(run_dir):  # --overwrite deletes only ctxext's own
+        raise CtxextError(
+            f"{run_dir} exists and ctxext did not write it (it has no .ctxext marker), so it will not use or delete "
+            "it; move it away or choose another --output."
+        )
     accelerator = _accelerator(recipe)
     sharded = accelerator.distributed_type == DistributedType.FSDP
     if sharded and not isinstance(model, (str, os.PathLike)):
@@ -121,6 +129,10 @@ def finetune(
     say = _printer(accelerator.is_main_process and progress)
     config = read_config(model, source)
     patch = plan_patch(read_layout(config), scaling, replace=replace)  # the run's one plan: applied, never redone
+    if isinstance(model, (str, os.PathLike)) and os.path.isdir(source):  # before the token cache
+        from ..loading import check_weights_fit
+
+        check_weights_fit(source)
     length, pose_target = recipe.lengths(patch.original_max_position_embeddings, patch.window)
 
     # -- data ---------------------------------------------------------------------------------------
@@ -131,8 +143,8 @@ def finetune(
         from ..loading import load_tokenizer
 
         tokenizer = load_tokenizer(source)
-    with accelerator.main_process_first():
-        tokens = tokenize(data, tokenizer, cache_dir)
+    with accelerator.main_process_first():  # data too short for one sequence is not cached
+        tokens = tokenize(data, tokenizer, cache_dir, min_tokens=length)
     check_tokens(tokens, length, config, tokenizer, described)
     run = _run_record(source, patch, replace, described, len(tokens), accelerator.num_processes, recipe)
 

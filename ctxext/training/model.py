@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .._compat import lora_config_accepts, no_split_modules
-from ..errors import CtxextError
+from ..errors import CtxextError, first_line
 from ..rope.plan import RopePatch
 from .loss import causal_lm_loss
 from .recipe import Recipe
@@ -32,13 +32,14 @@ def check_model(model: Any) -> str:
     if isinstance(model, (str, os.PathLike)):
         from ..loading import check_source
 
-        return check_source(model)
+        return check_source(model, weights=True)  # bad weights refused before any data work
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "get_decoder"):
         raise CtxextError(
             f"model must be a hub id, a checkpoint directory or a transformers causal LM, got {type(model).__name__}."
         )
-    return getattr(config, "name_or_path", "") or type(model).__name__
+    # a class name is no hub id (the model card would name it as the base model)
+    return getattr(config, "name_or_path", "") or f"{type(model).__name__} (in memory)"
 
 
 def read_config(model: Any, source: str) -> dict:
@@ -47,11 +48,17 @@ def read_config(model: Any, source: str) -> dict:
         return model.config.to_dict()
     from transformers import AutoConfig
 
+    if os.path.isdir(source):  # wrong-typed values get ctxext's sentence before transformers reads them
+        from pathlib import Path
+
+        from ..patching.checkpoint import read_config as read_config_file
+        from ..rope.layout import check_config_types
+
+        check_config_types(read_config_file(Path(source)))
     try:
         return AutoConfig.from_pretrained(source).to_dict()
-    except (OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
-        raise CtxextError(f"Could not read the config of {source}: {first}.") from None
+    except Exception as err:  # the user's config.json: transformers' validation raises several types
+        raise CtxextError(f"Could not read the config of {source}: {first_line(err)}.") from None
 
 
 def fsdp_plugin() -> Any:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from .._compat import state_weights_name
 from ..errors import CtxextError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, mark
 
 LOG_NAME = "train_log.jsonl"
 RUN_NAME = "run.json"
@@ -99,6 +99,7 @@ def start_run_dir(accelerator: Any, run_dir: Path, run: dict, start: Checkpoint 
         if start is None and run_dir.exists():
             shutil.rmtree(run_dir)  # --overwrite: start over
         run_dir.mkdir(parents=True, exist_ok=True)
+        mark(run_dir, "run")  # ctxext's own, so a later --overwrite may remove it
         atomic_write_json(run_dir / RUN_NAME, run)
     accelerator.wait_for_everyone()
 
@@ -121,12 +122,29 @@ def restore(accelerator: Any, run_dir: Path, start: Checkpoint | None, loader: A
 
 
 def read_log(run_dir: Path, upto: int) -> list[dict]:
-    """The log records of steps 1..upto (later ones belong to steps a resumed run repeats)."""
+    """The log records of steps 1..upto (later ones belong to steps a resumed run repeats).
+
+    A torn last line (a power cut mid-write) is dropped: its step is past the last checkpoint, so the
+    resumed run repeats it. Damage anywhere else, or a step missing, is refused.
+    """
     path = run_dir / LOG_NAME
     if upto == 0 or not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in records if r["step"] <= upto]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            record["step"]
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                break  # torn by the interruption: written after the checkpoint we resume from
+            raise CtxextError(f"Line {number} of {path} is damaged; pass --overwrite to start over.") from None
+        records.append(record)
+    kept = [r for r in records if r["step"] <= upto]
+    if [r["step"] for r in kept] != list(range(1, upto + 1)):
+        raise CtxextError(f"{path} does not record steps 1 to {upto} of the checkpoint; pass --overwrite to start over.")
+    return kept
 
 
 def append_log(run_dir: Path, record: dict) -> None:

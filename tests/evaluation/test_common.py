@@ -97,7 +97,7 @@ def test_the_results_file_appears_with_the_first_write_and_resumes(tmp_path):
     assert results.results == [] and not (tmp_path / "deep").exists()  # nothing written before a batch is done
     results.write({"results": [{"model": "m", "length": 8}]})
     assert json.loads((out / "scores.json").read_text()) == {"results": [{"model": "m", "length": 8}]}
-    assert [p.name for p in out.iterdir()] == ["scores.json"]  # no temporary file left
+    assert sorted(p.name for p in out.iterdir()) == [".ctxext", "scores.json"]  # ctxext's marker; no temporary file
     with pytest.raises(CtxextError, match="already exists; pass --resume"):
         ResultsFile(out, "scores.json", resume=False, overwrite=False)
     assert ResultsFile(out, "scores.json", resume=True, overwrite=False).results == [{"model": "m", "length": 8}]
