@@ -26,21 +26,30 @@ FILE_SUFFIXES = (*TEXT_SUFFIXES, ".csv", ".tsv", ".gz", ".zst", ".arrow", ".md")
 
 
 @contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """No progress bars or log lines from `datasets` while reading local files: a failure is then one line."""
+def datasets_progress_bars(enabled: bool) -> Iterator[None]:
+    """datasets' (process-wide) progress bars on or off inside the block, and as they were after it."""
     import datasets
-    from datasets.utils import logging
 
-    bars = datasets.is_progress_bar_enabled()
-    verbosity = logging.get_verbosity()
-    datasets.disable_progress_bars()
-    logging.set_verbosity(logging.CRITICAL)  # its loaders log a failure at ERROR level, then raise it
+    was_disabled = datasets.are_progress_bars_disabled()
+    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
     try:
         yield
     finally:
+        (datasets.disable_progress_bars if was_disabled else datasets.enable_progress_bars)()
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars or log lines from `datasets` while reading local files: a failure is then one line."""
+    from datasets.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.CRITICAL)  # its loaders log a failure at ERROR level, then raise it
+    try:
+        with datasets_progress_bars(False):
+            yield
+    finally:
         logging.set_verbosity(verbosity)
-        if bars:
-            datasets.enable_progress_bars()
 
 
 def _read_text(path: Path) -> str:

@@ -5,6 +5,7 @@
     # renamed to out/llama-yarn only if the block finished
 
     atomic_write_json("out/eval/passkey.json", results)   # readers see the old or the new file
+    save_figure(fig, "out/eval/perplexity.png")              # a matplotlib Figure, the same way
 
 The rule, for every command that writes a directory (patch, train, eval, demo):
 
@@ -81,6 +82,20 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write a matplotlib `Figure` through `atomic_file`, on the Agg canvas (no pyplot, no display).
+
+    The format follows the file's extension (PNG when it has none), as matplotlib's savefig does.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    suffix = Path(path).suffix or ".png"
+    FigureCanvasAgg(fig)
+    with atomic_file(path, suffix=suffix) as tmp:  # a failed or interrupted save leaves no partial file
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix.lstrip(".").lower())
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

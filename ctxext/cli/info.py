@@ -78,17 +78,15 @@ def run(args: argparse.Namespace) -> int:
     summary = describe(config)
     rows = None
     if args.method:
-        from ..patching.info import dimension_table, plot_dimensions
-        from ..rope.methods import resolve
+        from ..patching.info import dimension_table, plot_dimensions, scaling_for
 
-        scaling = resolve(args.method, args.factor, args.original_max_position_embeddings)
+        scaling = scaling_for(config, args.method, args.factor,
+                              original_max_position_embeddings=args.original_max_position_embeddings)
         rows = dimension_table(config, scaling.method, scaling.factor,
-                               **({"original_max_position_embeddings": args.original_max_position_embeddings}
-                                  if args.original_max_position_embeddings else {}))
-        original = args.original_max_position_embeddings or summary["original_window"] or summary["max_position_embeddings"]
+                               original_max_position_embeddings=scaling.original_max_position_embeddings)
         if args.plot is not None:
             plot_dimensions(rows, args.plot, f"{summary['model_type']}: {scaling.method} x{scaling.factor:g}",
-                            original, int(round(original * scaling.factor)))
+                            scaling.original_max_position_embeddings, scaling.window)
     if args.json:
         print(json.dumps(summary | ({"dimensions": rows} if rows is not None else {}), indent=2))
         return 0
@@ -101,9 +99,9 @@ def run(args: argparse.Namespace) -> int:
         touched = "" if layer_type in summary["scaled_layer_types"] else "  (local: a patch leaves it)"
         print(f"rope [{layer_type}]".ljust(18) + text + touched)
     print(f"scaling           {summary['scaling']}")
-    original = summary["original_window"]
+    original = summary["original_max_position_embeddings"]
     print(f"original window   {original:,}" if original else "original window   not recorded")
-    print(f"effective window  {summary['effective_window']:,}")
+    print(f"effective window  {summary['window']:,}")
     if rows is not None:
         print(f"\n{'dim':>4} {'wavelength':>12} {'rotations/L0':>13} {'new wavelength':>15} {'freq ratio':>11}  kind")
         for r in rows:

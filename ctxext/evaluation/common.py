@@ -135,7 +135,7 @@ def model_window(model: Any) -> int | None:
     if config is None:
         return None
     try:
-        return read_layout(config.to_dict()).effective_window()
+        return read_layout(config.to_dict()).window
     except CtxextError:  # not a RoPE model: its plain window
         window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         return int(window) if window else None
@@ -212,25 +212,6 @@ class ResultsFile:
         if self.path is not None:
             prepare_output_dir(self.path.parent)  # created and marked as ctxext's on the first write
             atomic_write_json(self.path, data)
-
-
-@contextlib.contextmanager
-def one_line_warnings() -> Iterator[None]:
-    """Show warnings as `warning: message` on one line (the CLI's style) inside the block."""
-    original = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        import sys
-
-        from tqdm import tqdm
-
-        tqdm.write(f"warning: {message}", file=file or sys.stderr)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = original
 
 
 def slug(name: str) -> str:

@@ -245,8 +245,10 @@ def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 
 def position_dependent_rope(model: Any) -> bool:
     """True when the rotary frequencies depend on the current sequence length (dynamic NTK/YaRN, longrope)."""
+    from ..patching.model import has_dynamic_yarn_hook
+
     for module in model.modules():
-        if hasattr(module, "_ctxext_dynamic"):  # ctxext's dynamic-yarn hook
+        if has_dynamic_yarn_hook(module):
             return True
         rope_type = getattr(module, "rope_type", None)
         types = rope_type.values() if isinstance(rope_type, dict) else [rope_type]
@@ -326,9 +328,9 @@ class PasskeyRunner:
         return logits
 
     def _new_cache(self, layers: Sequence[tuple[Any, Any]] | None = None) -> Any:
-        from transformers import DynamicCache
+        from .._compat import dynamic_cache
 
-        return DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
+        return dynamic_cache(layers)
 
     def _prefill(self, ids: Sequence[int]) -> list[tuple[Any, Any]] | None:
         """The KV cache of `ids` as per-layer (keys, values) [1, heads, len, head_dim]; None if not shareable."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import CtxextError
+from .methods import scaled_window
 
 NO_ROPE = {
     "gpt2": "learned absolute position embeddings",
@@ -35,6 +36,11 @@ LOCAL_LAYER_TYPES = ("sliding_attention", "chunked_attention")
 WINDOW_IS_SCALED_TYPES = ("gemma3", "gemma3_text")
 
 GLOBAL = None  # the layer-type key of a model with one rope for all layers
+
+
+def recorded_window(record: Mapping[str, Any]) -> int:
+    """The window a `ctxext` config record says a patch reached (`window`; ctxext 0.1 wrote `max_window`)."""
+    return int(record["window"] if "window" in record else record["max_window"])
 
 
 class RopeConfigError(CtxextError):
@@ -86,7 +92,8 @@ class RopeLayout:
     def is_scaled(self) -> bool:
         return self.metadata is not None or self.scaling_type != "default"
 
-    def original_window(self) -> int | None:
+    @property
+    def original_max_position_embeddings(self) -> int | None:
         """The pre-training window L0 as this config records it; None when it cannot tell."""
         if self.metadata:
             return int(self.metadata["original_max_position_embeddings"])
@@ -98,15 +105,16 @@ class RopeLayout:
             return None  # Gemma 3 stores the scaled window only
         return self.max_position_embeddings
 
-    def effective_window(self) -> int:
-        """The window the scaling is meant for, read with the rules in this module's docstring."""
+    @property
+    def window(self) -> int:
+        """The window the config's scaling is meant for (the `window` of `Scaling`), read with this module's rules."""
         if self.metadata:
-            return int(self.metadata["max_window"])
+            return recorded_window(self.metadata)
         kind, factor = self.scaling_type, float(self.main.get("factor") or 1.0)
         if kind == "yarn":
-            return max(self.max_position_embeddings, int(round((self.original_window() or 0) * factor)))
+            return max(self.max_position_embeddings, scaled_window(self.original_max_position_embeddings or 0, factor))
         if kind in ("linear", "dynamic") and self.model_type not in WINDOW_IS_SCALED_TYPES:
-            return int(round(self.max_position_embeddings * factor))
+            return scaled_window(self.max_position_embeddings, factor)
         return self.max_position_embeddings
 
     def describe_scaling(self) -> str:
@@ -115,8 +123,8 @@ class RopeLayout:
             return f"{m['method']} (factor {m['factor']:g}, patched by ctxext from a {m['original_max_position_embeddings']}-token window)"
         main = self.main
         parts = [f"factor {main['factor']:g}"] if main.get("factor") else []
-        if self.original_window():
-            parts.append(f"original window {self.original_window()}")
+        if self.original_max_position_embeddings:
+            parts.append(f"original window {self.original_max_position_embeddings}")
         return f"{self.scaling_type} ({', '.join(parts)})" if parts else self.scaling_type
 
 
@@ -201,10 +209,12 @@ def check_config_types(config: Mapping[str, Any]) -> None:
             raise _wrong(model_type, key, value, "a whole number of at least 1")
     metadata = cfg.get("ctxext")
     if metadata is not None:
-        fields = {"method": str, "factor": (int, float), "original_max_position_embeddings": int, "max_window": int}
+        fields = {"method": str, "factor": (int, float), "original_max_position_embeddings": int}
+        window = "window" if isinstance(metadata, Mapping) and "window" in metadata else "max_window"  # 0.1 wrote max_window
         if not (
             isinstance(metadata, Mapping)
-            and all(isinstance(metadata.get(k), t) and not isinstance(metadata.get(k), bool) for k, t in fields.items())
+            and all(isinstance(metadata.get(k), t) and not isinstance(metadata.get(k), bool)
+                    for k, t in {**fields, window: int}.items())
             and isinstance(metadata.get("rope_theta", {}), Mapping)
             and all(_is_number(v) for v in metadata.get("rope_theta", {}).values())
         ):

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._compat import dataset_fingerprint
 from ..errors import CtxextError
 
 CACHE_ENV = "CTXEXT_CACHE"
@@ -62,8 +63,9 @@ def token_stream(
     if eos is None:
         raise CtxextError("The tokenizer has no EOS token to join documents with; set tokenizer.eos_token first.")
     # datasets fingerprints a Dataset by its content and the transforms applied to it
+    data = dataset_fingerprint(texts)
     key = hashlib.sha256(
-        json.dumps({"format": _FORMAT, "data": texts._fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer)}).encode()
+        json.dumps({"format": _FORMAT, "data": data, "tokenizer": tokenizer_fingerprint(tokenizer)}).encode()
     ).hexdigest()[:20]
     path = cache_root(cache_dir) / "tokens" / f"{key}.u32"
     if not path.exists():
@@ -134,6 +136,28 @@ def tokenize(data: Any, tokenizer: Any, cache_dir: str | os.PathLike | None = No
     if tokenizer is None:
         raise CtxextError("Text data needs a tokenizer: pass tokenizer=..., or give token ids instead of text.")
     return token_stream(data, tokenizer, cache_dir, min_tokens=min_tokens)
+
+
+def check_tokens(tokens: np.ndarray, length: int, config: dict, tokenizer: Any, described: str) -> None:
+    """Refuse data that cannot train this model: less than one sequence, or ids outside its vocabulary."""
+    if len(tokens) < length:
+        raise CtxextError(
+            f"Dataset {described} holds {len(tokens):,} tokens, fewer than one training sequence of {length:,}; "
+            "give more text or a smaller --seq-len."
+        )
+    vocab_size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    if vocab_size and tokenizer is not None and len(tokenizer) > vocab_size:
+        raise CtxextError(
+            f"The tokenizer has {len(tokenizer):,} tokens but the model's vocabulary only {vocab_size:,}; "
+            "use the model's own tokenizer."
+        )
+    if vocab_size and tokenizer is None and int(tokens.max()) >= vocab_size:
+        raise CtxextError(f"Token id {int(tokens.max())} is outside the model's vocabulary of {vocab_size:,}.")
+
+
+def describe_dataset(dataset: Any) -> str:
+    """A name for the dataset in messages and the run record: its path or hub name, or its type."""
+    return str(dataset) if isinstance(dataset, (str, os.PathLike)) else f"in-memory {type(dataset).__name__}"
 
 
 def pose_position_ids(length: int, target: int, generator: torch.Generator, chunks: int = 2) -> torch.Tensor:

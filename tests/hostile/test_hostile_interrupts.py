@@ -264,7 +264,7 @@ def test_a_torn_log_line_resumes_from_the_last_checkpoint_to_the_same_weights(tm
 
 
 def test_damage_inside_the_log_is_refused_with_a_sentence(tmp_path):
-    from ctxext.training.finetune import _read_log
+    from ctxext.training.resume import read_log as _read_log
 
     run = tmp_path / "run"
     run.mkdir()
