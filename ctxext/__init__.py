@@ -41,6 +41,7 @@ _EXPORTS = {
     "evaluate_passkey": "ctxext.evaluation.passkey",
     "evaluate_perplexity": "ctxext.evaluation.perplexity",
     "finetune": "ctxext.training.finetune",
+    "Recipe": "ctxext.training.recipe",
     "TrainResult": "ctxext.training.finetune",
 }
 

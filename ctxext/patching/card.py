@@ -9,16 +9,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from .. import __version__
-from ..loading import is_local
+from ..loading import is_hub_id
 from ..rope.methods import METHODS
 from ..rope.plan import RopePatch
 from ..rope.readers import READER_VERSIONS
-
-def _is_hub_id(source: str) -> bool:
-    """'org/name' that is not a local path (a model built in memory has no hub id)."""
-    parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not is_local(source) and not source.startswith((".", "~"))
-
 
 def _value(value: Any) -> str:
     """A parameter for the card: a number, or a per-frequency list summarised by its length and range."""
@@ -59,7 +53,7 @@ def render_model_card(
     title = name or f"{source.rstrip('/').split('/')[-1]}-{scaling.method}-x{scaling.factor:g}"
     params = {k: v for k, v in scaling.params.items() if v is not None}
     front = ["---", "library_name: transformers", "tags:", "- ctxext", "- rope-scaling", "- long-context"]
-    if _is_hub_id(source):
+    if is_hub_id(source):  # the same rule that decides whether a MODEL is fetched from the hub
         front.append(f"base_model: {source}")
     front.append("---")
     rows = [

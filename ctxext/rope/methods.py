@@ -100,6 +100,9 @@ ALIASES: Mapping[str, str] = MappingProxyType({a: m.name for m in METHODS.values
 #: every spelling `--method` accepts, canonical names first
 METHOD_CHOICES: tuple[str, ...] = (*METHODS, *ALIASES)
 
+#: every method parameter of the registry (HF spelling), in order of first appearance
+METHOD_PARAMETERS: tuple[str, ...] = tuple(dict.fromkeys(p for m in METHODS.values() for p in m.params))
+
 
 @dataclass(frozen=True)
 class Scaling:
@@ -120,7 +123,14 @@ class Scaling:
 
     @property
     def is_identity(self) -> bool:
-        return self.factor == 1.0
+        return is_identity(self.factor)
+
+    @property
+    def window(self) -> int | None:
+        """The window this scaling is meant for, in tokens (None until a model supplies its original window)."""
+        if self.original_max_position_embeddings is None:
+            return None
+        return scaled_window(self.original_max_position_embeddings, self.factor)
 
     @property
     def is_dynamic(self) -> bool:
@@ -145,6 +155,16 @@ class Scaling:
 
 #: parameters that hold one number per rotary frequency
 SEQUENCE_PARAMS = ("long_factor", "short_factor")
+
+
+def scaled_window(original_max_position_embeddings: int, factor: float) -> int:
+    """The window `factor` x an original window reaches, in whole tokens: the one place it is computed."""
+    return int(round(original_max_position_embeddings * factor))
+
+
+def is_identity(factor: float) -> bool:
+    """The identity scaling: a factor of 1 leaves RoPE as it is, whatever the method (the one definition)."""
+    return factor <= 1.0
 
 
 def canonical_method(method: str) -> str:
@@ -269,12 +289,12 @@ def resolve(
 
 def yarn_attention_factor(factor: float) -> float:
     """YaRN's recommended cos/sin scale, 0.1*ln(s)+1 (Peng et al. 2023, eq. 22); 1 for s <= 1."""
-    return 1.0 if factor <= 1.0 else 0.1 * math.log(factor) + 1.0
+    return 1.0 if is_identity(factor) else 0.1 * math.log(factor) + 1.0
 
 
 def longrope_attention_factor(factor: float, original_max_position_embeddings: int) -> float:
     """LongRoPE's default cos/sin scale, sqrt(1 + ln(s) / ln(L0)) (stock transformers' rule); 1 for s <= 1."""
-    if factor <= 1.0:
+    if is_identity(factor):
         return 1.0
     return math.sqrt(1 + math.log(factor) / math.log(original_max_position_embeddings))
 

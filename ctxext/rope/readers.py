@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from .._compat import speaks_transformers_v4
 from .layout import WINDOW_IS_SCALED_TYPES, RopeConfigError, read_layout
 from .methods import longrope_attention_factor, yarn_attention_factor
 
@@ -108,11 +109,9 @@ def _vllm_window(w: Written) -> int:
 
 
 def _v5_only_trap(w: Written) -> bool:
-    from .plan import V4_MODEL_TYPES
-
     theta = float(w.rope.get("rope_theta", 10000.0))
     partial = float(w.rope.get("partial_rotary_factor", 1.0))
-    return (not w.v4_spelling and w.model_type in V4_MODEL_TYPES and not w.nested
+    return (not w.v4_spelling and speaks_transformers_v4(w.model_type) and not w.nested
             and (theta != 10000.0 or partial != 1.0 or w.rope_type != "default"))
 
 
@@ -240,8 +239,8 @@ def written(config: Mapping[str, Any]) -> Written:
         model_type=layout.model_type,
         rope=layout.main,
         max_position_embeddings=layout.max_position_embeddings,
-        window=layout.effective_window(),
-        original=layout.original_window(),
+        window=layout.window,
+        original=layout.original_max_position_embeddings,
         top_level_original=cfg.get("original_max_position_embeddings") is not None,
         v4_rope_scaling=cfg.get("rope_scaling"),
         v4_spelling=layout.v4_spelling,
