@@ -49,6 +49,8 @@ LORA_TARGETS = ("attention", "all-linear")
 LOG_NAME = "train_log.jsonl"
 #: recipe fields a resumed run may change: they do not touch the data order or the weights
 RESUMABLE_CHANGES = ("save_every",)
+#: `method` value that trains with the scaling the checkpoint already carries (a searched longrope, say)
+KEEP = "keep"
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
 def finetune(
     model: Any,
     method: str,
-    factor: float,
+    factor: float | None,
     dataset: Any,
     output_dir: str | os.PathLike,
     *,
@@ -198,6 +200,8 @@ def finetune(
 ) -> TrainResult:
     """Patch `model` for `method` at `factor` x its window, LoRA fine-tune it on `dataset`, merge, save.
 
+    method "keep" (factor None) trains with the scaling the checkpoint already carries, unchanged.
+
     model: a hub id or checkpoint directory (loaded here, with its tokenizer), or a loaded causal LM
         (patched and trained in place; pass `tokenizer` to save one with it).
     dataset: a .txt/.jsonl/.json/.parquet file or folder, a `datasets` hub name, a `datasets.Dataset`
@@ -218,6 +222,10 @@ def finetune(
         lora_target=lora_target, train_embeddings_and_norms=train_embeddings_and_norms,
         gradient_checkpointing=gradient_checkpointing, loss_chunk_size=loss_chunk_size, save_every=save_every,
     )  # fmt: skip
+    if method == KEEP:
+        method, factor, original_max_position_embeddings, params = _kept_scaling(
+            model, factor, original_max_position_embeddings, replace, params)
+        replace = True  # the same scaling again, from the original window it records
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
     output = check_output_dir(output_dir, overwrite)
     run_dir = checkpoint_dir(output)
@@ -435,6 +443,19 @@ def _check_model(model: Any) -> str:
             f"model must be a hub id, a checkpoint directory or a transformers causal LM, got {type(model).__name__}."
         )
     return getattr(config, "_name_or_path", "") or type(model).__name__
+
+
+def _kept_scaling(model: Any, factor: Any, original: Any, replace: bool, params: dict) -> tuple:
+    """(method, factor, original window, params) of the scaling the checkpoint carries, for method "keep"."""
+    from ..rope.layout import current_scaling
+
+    if factor is not None or original is not None or replace or params:
+        raise CtxextError(
+            "method 'keep' trains with the scaling the checkpoint already carries; drop the factor, "
+            "original_max_position_embeddings, replace and method parameters (or name a method to patch with)."
+        )
+    kept = current_scaling(read_layout(_read_config(model, _check_model(model))))
+    return kept["method"], kept["factor"], kept["original_max_position_embeddings"], kept["params"]
 
 
 def _read_config(model: Any, source: str) -> dict:
