@@ -27,6 +27,8 @@ from ..io import atomic_write_json, atomic_write_text, check_output_dir, staged_
 FACTOR = 8
 PATCHED = ("pi", "ntk", "yarn")
 TUNED = ("pi", "yarn")
+#: the longrope factors recipes/search_demo.py searched for the embedded model, next to it in assets/
+LONGROPE_ASSET = "demo_longrope.json"
 
 
 def demo_model_path() -> Path:
@@ -35,6 +37,30 @@ def demo_model_path() -> Path:
     if not (path / "config.json").is_file():
         raise CtxextError(f"The embedded demo model is missing from {path}; reinstall ctxext.")
     return path
+
+
+def weights_fingerprint(model_dir: Path) -> str:
+    """A short hash of a checkpoint's weights: searched factors belong to the weights they were searched on."""
+    import hashlib
+
+    return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def searched_factors() -> dict[str, Any]:
+    """The shipped longrope factors of the embedded model (x8) and the search that found them.
+
+    Written by `python recipes/search_demo.py`; refused if they were searched for other weights.
+    """
+    model = demo_model_path()
+    path = model.parent / LONGROPE_ASSET
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise CtxextError(f"The demo's searched factors are missing from {path}; run python recipes/search_demo.py.") from None
+    if data.get("weights") != weights_fingerprint(model):
+        raise CtxextError(f"{path} holds factors searched for other weights than the embedded model's; "
+                          "run python recipes/search_demo.py to search them again.")
+    return data
 
 
 @dataclass(frozen=True)
