@@ -33,6 +33,7 @@ _EXPORTS = {
     "yarn": "ctxext.rope.functions",
     "dynamic_yarn": "ctxext.rope.functions",
     "llama3": "ctxext.rope.functions",
+    "longrope": "ctxext.rope.functions",
     "RopeConfigError": "ctxext.rope.layout",
     "read_layout": "ctxext.rope.layout",
     "patch_model": "ctxext.patching.model",

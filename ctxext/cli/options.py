@@ -7,6 +7,8 @@ dispatcher that imports them.
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from ..errors import CtxextError
 
@@ -37,3 +39,22 @@ def number(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def number_list(text: str) -> list[float]:
+    """argparse type: comma-separated numbers, or the path of a JSON file holding a list of numbers."""
+    path = Path(text)
+    if path.suffix == ".json" or path.is_file():
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise argparse.ArgumentTypeError(f"no such file {text!r}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a JSON list of numbers ({err})") from None
+        if not isinstance(value, list):
+            raise argparse.ArgumentTypeError(f"{text!r} holds a JSON {type(value).__name__}, not a list of numbers")
+        return value
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers or a .json file, got {text!r}") from None

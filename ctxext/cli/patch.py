@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import number, positive_int
+from .options import number, number_list, positive_int
 from ..rope.methods import METHOD_CHOICES, METHODS
 
 EXAMPLES = """\
@@ -18,11 +18,19 @@ examples:
   # a model that already carries scaling (Llama 3.1's llama3): start again from its original window
   ctxext patch meta-llama/Llama-3.1-8B --method yarn --factor 32 --replace --output llama31-yarn-x32
 
+  # LongRoPE with per-frequency factors (rotary dims / 2 of them) from a JSON list or a comma list
+  ctxext patch ./my-model --method longrope --factor 8 --long-factor factors.json --output my-model-longrope-x8
+
+  # Phi-3's config accepts only longrope: yarn is written as longrope with yarn's frequencies and scale
+  ctxext patch microsoft/Phi-3-mini-4k-instruct --method yarn --factor 8 --output phi3-yarn-x8
+
 methods:
 """ + "\n".join(f"  {m.name:<13} {m.summary}" for m in METHODS.values())
 
 #: method parameters that get a command-line option (HF spelling, dashes on the command line)
 PARAMS = ("beta_fast", "beta_slow", "attention_factor", "low_freq_factor", "high_freq_factor")
+#: per-frequency parameters: comma-separated numbers or a .json list
+LIST_PARAMS = ("long_factor", "short_factor")
 
 
 def add_scaling_arguments(parser: argparse.ArgumentParser, keep: bool = False) -> None:
@@ -41,12 +49,16 @@ def add_scaling_arguments(parser: argparse.ArgumentParser, keep: bool = False) -
     for name in PARAMS:
         parser.add_argument(f"--{name.replace('_', '-')}", type=number, dest=name, metavar="X",
                             help=f"{name} (only for methods that take it)")
+    for name in LIST_PARAMS:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=number_list, dest=name, metavar="LIST",
+                            help=f"longrope's {name}: comma-separated numbers or a .json list, one per rotary "
+                                 "frequency" + (" (default: --long-factor)" if name == "short_factor" else ""))
     parser.add_argument("--replace", action="store_true",
                         help="discard a scaling the model already has and count from its original window")
 
 
 def scaling_kwargs(args: argparse.Namespace) -> dict:
-    params = {name: getattr(args, name) for name in PARAMS if getattr(args, name) is not None}
+    params = {name: getattr(args, name) for name in PARAMS + LIST_PARAMS if getattr(args, name) is not None}
     return dict(original_max_position_embeddings=args.original_max_position_embeddings, replace=args.replace,
                 **params)
 
