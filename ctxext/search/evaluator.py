@@ -22,6 +22,7 @@ import torch
 
 from ..errors import CtxextError
 from ..patching.model import _prefix, _rotary_modules
+from ..rope.functions import longrope
 from ..rope.layout import RopeLayout, read_layout
 from ..training.loss import IGNORE_INDEX, LogitTransform, chunked_cross_entropy
 from .objectives import ScoredSequence
@@ -31,11 +32,11 @@ from .space import Candidate
 DEFAULT_BATCH_TOKENS = 16384
 
 
-def longrope_inv_freq(dim: int, rope_theta: float, long_factor: Sequence[float]) -> torch.Tensor:
+def longrope_inv_freq(dim: int, rope_theta: float, factors: Sequence[float]) -> torch.Tensor:
     """Stock longrope's frequencies for one factor set: 1 / (lambda_i * b^(2i/d)), float32 [dim // 2]."""
-    factors = torch.tensor(list(long_factor), dtype=torch.float32)
-    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
-    return 1.0 / (factors * rope_theta**exponents)
+    # the set is passed as long_factor with no short_factor: longrope() then uses it whatever the length
+    inv_freq, _ = longrope(dim, rope_theta, 1.0, 1, long_factor=tuple(factors), attention_factor=1.0)
+    return inv_freq
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 from .. import __version__
 from ..errors import CtxextError
 from ..io import atomic_write_json, atomic_write_text, check_output_dir, staged_directory
-from ..rope.methods import check_factor, yarn_attention_factor
+from ..rope.methods import check_factor, longrope_attention_factor, yarn_attention_factor
 from .evolution import LOG_NAME, EvolutionSettings, Outcome, evolve
 from .objectives import OBJECTIVES
 from .space import Bounds, Candidate
@@ -45,13 +45,6 @@ GUARD_STEPS = 7
 
 class GuardWarning(UserWarning):
     """A fixed attention factor raises perplexity inside the original window more than the guard allows."""
-
-
-def longrope_attention_factor(factor: float, original_max_position_embeddings: int) -> float:
-    """LongRoPE's (and Phi-3's) cos/sin scale: sqrt(1 + ln s / ln L0); 1 for s <= 1."""
-    if factor <= 1.0:
-        return 1.0
-    return math.sqrt(1 + math.log(factor) / math.log(original_max_position_embeddings))
 
 
 def state_dir(output_dir: str | os.PathLike) -> Path:

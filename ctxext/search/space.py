@@ -12,8 +12,8 @@ dimensions, so no slow dimension is stretched less than a faster one.
 Seeds are the factors that pi, ntk, ntk-by-parts, yarn and llama3 imply, lambda_i = theta_i / theta'_i
 with theta' the method's frequencies, each with its method's own attention factor. Mutation and
 crossover work on log(lambda): a change is made, then projected back onto the constraint by isotonic
-regression (pool adjacent violators) and clipped into the bounds, which keeps it monotone. Values
-are rounded to 6 decimals, so a candidate written to JSON and read back is the same candidate.
+regression (pool adjacent violators) and clipped into the bounds, which keeps it monotone. Their
+values are rounded to 6 decimals; every candidate written to JSON and read back is the same candidate.
 """
 
 from __future__ import annotations
@@ -132,19 +132,21 @@ def method_seeds(
 ) -> list[Seed]:
     """The factors each method implies, lambda_i = theta_i / theta'_i, with its own attention factor.
 
-    Rounded to DECIMALS, the frequencies 1 / (lambda_i * b^(2i/d)) that stock longrope computes
-    from them equal the method's own to float32 rounding. Duplicates (methods that imply the same
-    candidate) are kept once, under the first method's name.
+    The factors are the float32 divisors with which stock longrope rebuilds the method's frequencies
+    most closely (`rope.functions.longrope_factors`): most frequencies come back exactly, the rest one
+    float32 rounding away. Duplicates (methods that imply the same candidate) are kept once, under the
+    first method's name.
     """
-    from ..rope.functions import compute_inv_freq, default_inv_freq
+    from ..rope.functions import compute_inv_freq, longrope_factors
 
-    original = default_inv_freq(dim, rope_theta).double()
     seeds, seen = [], set()
     for method in methods:
         inv_freq, attention = compute_inv_freq(method, dim, rope_theta, factor, original_max_position_embeddings)
-        ratios = (original / inv_freq.double()).tolist()
-        # a method's own factors are monotone up to float32 noise; isotonic() evens that out
-        candidate = Candidate(tuple(max(1.0, _round(x)) for x in isotonic(ratios)), float(attention))
+        factors, previous = [], 1.0
+        for x in longrope_factors(inv_freq, dim, rope_theta):
+            previous = max(previous, x)  # a monotone method's divisors, evened out where they wobble by an ulp
+            factors.append(previous)
+        candidate = Candidate(tuple(factors), float(attention))
         if candidate.key not in seen:
             seen.add(candidate.key)
             seeds.append(Seed(method, candidate))

@@ -56,11 +56,14 @@ def test_projection_repairs_an_out_of_order_vector():
 @pytest.mark.parametrize("method", ["pi", "ntk", "ntk-by-parts", "yarn", "llama3"])
 @pytest.mark.parametrize("dim,theta,factor,window", [(128, 10000.0, 8.0, 4096), (64, 500000.0, 4.0, 8192), (32, 10000.0, 8.0, 256)])
 def test_each_seed_reproduces_its_method(method, dim, theta, factor, window):
-    """Stock longrope's frequencies from the seed's factors are the method's own, to float32 rounding."""
+    """Stock longrope's frequencies from the seed's factors are the method's own: all but a few exactly, the
+    rest one float32 rounding away (stock's division cannot land on every float32 value)."""
     seeds = {s.method: s.candidate for s in method_seeds(dim, theta, factor, window, methods=[method])}
     expected, attention = compute_inv_freq(method, dim, theta, factor, window)
     seed = seeds[method]
-    torch.testing.assert_close(longrope_inv_freq(dim, theta, seed.long_factor), expected, rtol=2e-6, atol=0)
+    rebuilt = longrope_inv_freq(dim, theta, seed.long_factor)
+    assert int((rebuilt != expected).sum()) <= max(1, dim // 32), (rebuilt - expected)
+    torch.testing.assert_close(rebuilt, expected, rtol=1.5e-7, atol=0)
     assert seed.attention_factor == attention
     assert seed.long_factor[0] >= 1.0 and all(x <= y for x, y in zip(seed.long_factor, seed.long_factor[1:]))
 
