@@ -33,6 +33,9 @@ from .space import Bounds, Candidate, Seed, clip, crossover, mutate
 
 STATE_NAME = "state.json"
 LOG_NAME = "search_log.jsonl"
+#: run keys a resumed search takes from the saved state instead of comparing: measured, not chosen
+#: (another thread count can move them by a rounding), and what the search may extend
+NOT_COMPARED = ("generations", "ctxext", "guard", "bounds")
 #: retries when a child repeats a candidate already evaluated
 MAX_RETRIES = 20
 
@@ -278,6 +281,14 @@ def _show(loss: float) -> str:
     return f"{math.exp(loss):.4f}" if loss < 50 else "inf"
 
 
+def saved_run(state_dir: Path | None) -> dict | None:
+    """The `run` record of the search saved in `state_dir`, if there is a readable one."""
+    try:
+        return json.loads((state_dir / STATE_NAME).read_text(encoding="utf-8"))["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _load_state(state_dir: Path | None, run: dict, resume: bool) -> dict | None:
     """The saved state to continue from, after checking that this search repeats the interrupted one."""
     if state_dir is None or not resume:
@@ -293,7 +304,7 @@ def _load_state(state_dir: Path | None, run: dict, resume: bool) -> dict | None:
         raise CtxextError(f"{path} is not a search state ctxext wrote; pass --overwrite to start over.") from None
     current = json.loads(json.dumps(run))  # compare in JSON's types
     changed = sorted(k for k in current.keys() | previous.keys()
-                     if k not in ("generations", "ctxext") and current.get(k) != previous.get(k))
+                     if k not in NOT_COMPARED and current.get(k) != previous.get(k))
     if changed:
         what = ", ".join(f"{k} ({previous.get(k)!r} then, {current.get(k)!r} now)" for k in changed)
         raise CtxextError(f"--resume must repeat the interrupted search's settings, but {what} changed; "

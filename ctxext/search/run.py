@@ -33,7 +33,7 @@ from .. import __version__
 from ..errors import CtxextError
 from ..io import atomic_write_json, atomic_write_text, check_output_dir, staged_directory
 from ..rope.methods import check_factor, longrope_attention_factor, yarn_attention_factor
-from .evolution import LOG_NAME, EvolutionSettings, Outcome, evolve
+from .evolution import LOG_NAME, EvolutionSettings, Outcome, evolve, saved_run
 from .objectives import OBJECTIVES
 from .space import Bounds, Candidate
 
@@ -201,6 +201,8 @@ def search_factors(
         raise CtxextError("needle_documents are scored by the needle objective; pass objective='needle'.")
     if dataset is None and needle_documents is None:
         raise CtxextError("Give a dataset of long documents to search on (CLI: --dataset).")
+    if dataset is not None and needle_documents is not None:
+        raise CtxextError("Give a dataset or needle_documents, not both: the needle documents would replace the dataset.")
     if original_max_position_embeddings is not None:
         _check_int("original_max_position_embeddings", original_max_position_embeddings, 2)
     in_memory = not isinstance(model, (str, os.PathLike))
@@ -262,7 +264,11 @@ def search_factors(
     evaluator = FrequencyEvaluator(target, batch_tokens or DEFAULT_BATCH_TOKENS)
     guard_docs = guard_windows(documents, window)
     try:
-        guard = _guard(evaluator, guard_docs, factor, window, mode, guard_tolerance)
+        previous = saved_run(states) if resume else None
+        if previous and "guard" in previous:  # measured when the search began: the bounds its population obeys
+            guard = {k: v for k, v in previous["guard"].items() if k != "perplexity"}
+        else:
+            guard = _guard(evaluator, guard_docs, factor, window, mode, guard_tolerance)
         bounds = Bounds(evaluator.n, float(top), guard["attention_low"], guard["attention_high"])
         seeds = method_seeds(evaluator.dim, evaluator.rope_theta, factor, window)
         if mode != "searched":
@@ -271,7 +277,7 @@ def search_factors(
             "ctxext": __version__, "source": str(source), "factor": factor,
             "original_max_position_embeddings": window, "length": length, "objective": objective,
             "documents": fingerprint(documents), "dataset": described, "attention_factor": mode,
-            "bounds": asdict(bounds), "guard_tolerance": guard_tolerance,
+            "bounds": asdict(bounds), "guard_tolerance": guard_tolerance, "guard": guard,
         }
         if states is not None:
             if states.exists() and overwrite and not resume:
