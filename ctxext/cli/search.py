@@ -56,10 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output checkpoint directory")
 
     objective = p.add_argument_group("objective")
-    objective.add_argument("--objective", choices=("perplexity", "needle"), default="perplexity",
-                           help="perplexity: every token (LongRoPE, default); needle: the answer tokens of a "
-                                "passkey hidden in each document (LongRoPE2)")  # fmt: skip
-    objective.add_argument("--samples", type=positive_int, default=4, help="documents scored per candidate (default 4)")
+    objective.add_argument("--objective", choices=("needle", "perplexity"), default="needle",
+                           help="needle (default): the answer tokens of a passkey hidden in each document "
+                                "(LongRoPE2); perplexity: every token (LongRoPE)")  # fmt: skip
+    objective.add_argument("--samples", type=positive_int, default=8, help="documents scored per candidate (default 8)")
     objective.add_argument("--length", type=positive_int, help="tokens per document (default: the new window)")
     objective.add_argument("--attention-factor", default="searched", metavar="X",
                            help="searched (default), longrope (sqrt(1 + ln s / ln L0)), yarn (0.1 ln s + 1) or a number")

@@ -1,8 +1,8 @@
 """`search_factors`: LongRoPE-style searched rescale factors for any rotary causal LM, one call.
 
     from ctxext.search import search_factors
-    result = search_factors("meta-llama/Llama-2-7b-hf", 8, "book.txt", "llama2-longrope-x8",
-                            population=16, generations=10)
+    result = search_factors("meta-llama/Llama-2-7b-hf", 8, "pg19.jsonl", "llama2-longrope-x8",
+                            objective="needle", population=16, generations=10)
     result.long_factor, result.attention_factor, result.perplexity, result.seeds
 
 The model is loaded once; every candidate's frequencies are swapped into it in memory (see
@@ -134,11 +134,11 @@ def search_factors(
     dataset: Any = None,
     output_dir: str | os.PathLike | None = None,
     *,
-    objective: str = "perplexity",
+    objective: str = "needle",
     needle_documents: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
     tokenizer: Any = None,
     length: int | None = None,
-    samples: int = 4,
+    samples: int = 8,
     population: int = 16,
     generations: int = 10,
     max_minutes: float | None = None,
@@ -165,8 +165,8 @@ def search_factors(
     dataset: long documents (a .txt/.jsonl/.parquet file or folder, a `datasets` name, a Dataset or a
         list of strings); the first `samples` with at least `length` tokens are used. For objective
         "needle", `needle_documents` (prompt ids, answer ids) may replace it.
-    objective: "perplexity" (every token of the documents, LongRoPE) or "needle" (the answer tokens
-        of passkey documents built from them, LongRoPE2).
+    objective: "needle" (the answer tokens of passkey documents built from them, LongRoPE2; the
+        default) or "perplexity" (every token of the documents, LongRoPE).
     length: tokens per document (default: the new window, original window x factor).
     attention_factor: "searched" (within what the guard allows), "longrope" (sqrt(1 + ln s / ln L0)),
         "yarn" (0.1 ln s + 1) or a number.

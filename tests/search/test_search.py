@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from ctxext.errors import CtxextError
 from ctxext.search.evaluator import FrequencyEvaluator
+from ctxext.search.objectives import needle_documents
 from ctxext.search.run import search_factors, state_dir
 from ctxext.search.space import Candidate
 from ctxext.training.finetune import finetune
@@ -21,7 +22,7 @@ from tiny import tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 L0, FACTOR = 64, 4.0
-SETTINGS = dict(samples=2, population=6, generations=2, seed=1, progress=False)
+SETTINGS = dict(objective="perplexity", samples=2, population=6, generations=2, seed=1, progress=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -104,6 +105,26 @@ def test_stock_transformers_reloads_the_logits_loss_and_guard_the_search_measure
     assert result.loss == pytest.approx(loss, rel=1e-5)
     assert result.guard["perplexity"] == pytest.approx(torch.tensor(inside).exp().item(), rel=1e-5)
     assert result.guard["perplexity"] <= result.guard["limit"]
+
+
+def test_the_needle_objective_scores_the_hidden_keys_answer_as_stock_transformers_does(source, tmp_path):
+    out = tmp_path / "needle"
+    result = search_factors(str(source / "model"), FACTOR, str(source / "docs.jsonl"), out,
+                            **{**SETTINGS, "objective": "needle", "population": 4, "generations": 1})
+    assert result.objective == "needle" and result.loss <= min(s["loss"] for s in result.seeds)
+    tokenizer = tiny_tokenizer()
+    docs = needle_documents(tokenizer, documents(source, n=2, length=300), 256, seed=1)
+    stock = AutoModelForCausalLM.from_pretrained(out).eval()
+    total = count = 0.0
+    with torch.inference_mode():
+        for d in docs:
+            ids = torch.tensor([d.input_ids])
+            logits = stock(ids).logits[0]
+            for t in d.scored:  # the key's tokens, predicted from the position before each
+                total -= float(torch.log_softmax(logits[t - 1], -1)[ids[0, t]])
+                count += 1
+    assert count == 2 * 6  # " " and five digits, one character token each, in 2 documents
+    assert result.loss == pytest.approx(total / count, rel=1e-5)
 
 
 def test_train_keep_fine_tunes_the_searched_checkpoint_with_its_own_factors(searched, source, tmp_path):
