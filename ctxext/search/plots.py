@@ -32,24 +32,24 @@ def plot_factors(result: Any, path: str | os.PathLike) -> Path:
     seeds = {s["method"]: s for s in result.seeds}
     for method, (color, style) in RULES.items():
         if method in seeds:
-            ax.plot(dims, seeds[method]["long_factor"], color=color, ls=style, lw=1.5,
-                    label=f"{method} (perplexity {seeds[method]['perplexity']:.3f})")
-    ax.plot(dims, result.long_factor, color="tab:blue", marker="o", ms=4, lw=2,
-            label=f"searched (perplexity {result.perplexity:.3f})")
-    ax.axhline(result.factor, color="0.5", lw=0.8)
-    ax.axhline(1.0, color="0.5", lw=0.8)
+            ax.plot(dims, seeds[method]["long_factor"], color=color, ls=style, lw=1.8, zorder=2,
+                    label=f"{method} (objective {seeds[method]['perplexity']:.4f})")
+    ax.plot(dims, result.long_factor, color="tab:blue", marker="o", ms=4, lw=2, zorder=3,
+            label=f"searched (objective {result.perplexity:.4f})")
+    ax.axhline(result.factor, color="0.75", lw=0.8, zorder=1)
+    ax.axhline(1.0, color="0.75", lw=0.8, zorder=1)
     ax.set_yscale("log", base=2)
-    ax.set_xlabel("rotary frequency i (fast to slow)")
+    ax.set_xlabel("rotary frequency i, fast to slow (top: its original wavelength in tokens)")
     ax.set_ylabel("rescale factor lambda_i (log scale)")
     ax.set_xlim(-0.5, n - 0.5)
     wavelengths = [2 * math.pi * result.rope_theta ** (2 * i / (2 * n)) for i in dims]
     top = ax.secondary_xaxis("top")
     ticks = dims[:: max(1, n // 6)]
     top.set_xticks(ticks, [f"{wavelengths[i]:,.0f}" for i in ticks])
-    top.set_xlabel("original wavelength (tokens)", fontsize=8)
+    top.tick_params(labelsize=8)
     objective = "needle-driven perplexity" if result.objective == "needle" else "perplexity"
     ax.set_title(f"searched factors x{result.factor:g} ({result.original_max_position_embeddings:,} -> "
-                 f"{result.window:,} tokens), {objective} at {result.length:,}", fontsize=9)
+                 f"{result.window:,} tokens); objective: {objective} at {result.length:,}", fontsize=9, pad=12)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return _save(fig, path)

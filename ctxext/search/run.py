@@ -278,6 +278,9 @@ def search_factors(
             "original_max_position_embeddings": window, "length": length, "objective": objective,
             "documents": fingerprint(documents), "dataset": described, "attention_factor": mode,
             "bounds": asdict(bounds), "guard_tolerance": guard_tolerance, "guard": guard,
+            # what the losses depend on to the last bit: a resumed search must score the same way
+            "batch_tokens": evaluator.batch_tokens, "device": evaluator.device.type,
+            "dtype": str(next(target.parameters()).dtype).removeprefix("torch."),
         }
         if states is not None:
             if states.exists() and overwrite and not resume:

@@ -86,3 +86,19 @@ def test_bad_input_gets_one_sentence_and_exit_2_and_writes_nothing(case, work, m
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert fill(message) in err, err
     assert files(work) == before  # nothing written, nothing removed
+
+
+def test_a_search_on_the_command_line_writes_the_checkpoint_and_prints_the_comparison(model_dir, tmp_path, capsys):
+    torch.set_num_threads(1)
+    line = "the cat sees the red ball and a dog follows the long road. "
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": line * 8}) + "\n" for _ in range(2)))
+    out = tmp_path / "searched"
+    code = cli.main(["search", str(model_dir), "--factor", "4", "--dataset", str(tmp_path / "docs.jsonl"),
+                     "--output", str(out), "--samples", "2", "--population", "4", "--generations", "1", "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "needle perplexity at 256 tokens" in printed and "searched" in printed and "yarn" in printed
+    assert f"wrote {out}" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_parameters"]["rope_type"] == "longrope"
+    assert {"search.json", "search_log.jsonl", "factors.png", "README.md"} <= {p.name for p in out.iterdir()}
