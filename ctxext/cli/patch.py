@@ -89,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
                            revision=args.revision, **scaling_kwargs(args))
     info = describe(read_config(out))
     record = info["ctxext"]
+    if record is None:  # factor 1 writes no record: the rope is the unscaled one, in both spellings
+        print(f"wrote {out}: unscaled rope (factor 1), window {info['effective_window']:,} tokens "
+              f"(max_position_embeddings {info['max_position_embeddings']:,})")
+        return 0
     print(f"wrote {out}: {record['method']} x{record['factor']:g}, window "
           f"{record['original_max_position_embeddings']:,} -> {record['max_window']:,} tokens "
           f"(max_position_embeddings {info['max_position_embeddings']:,})")

@@ -82,8 +82,8 @@ def run_demo(
     from ..training.finetune import finetune
 
     settings = settings or (DemoSettings.quick() if quick else DemoSettings())
-    check_output_dir(output_dir, overwrite)
     source = demo_model_path()
+    check_output_dir(output_dir, overwrite, sources=[source])  # issue 10: never the embedded model itself
     say = print if progress else (lambda *a, **k: None)
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -92,7 +92,7 @@ def run_demo(
     window = read_layout(base.config.to_dict()).effective_window()
     lengths = [window * k for k in (1, 2, 4, FACTOR)]
 
-    with staged_directory(output_dir, overwrite) as tmp:
+    with staged_directory(output_dir, overwrite, sources=[source], kind="demo") as tmp:
         models: list[tuple[str, Any, Any]] = [("base", base, tokenizer)]
         for method in PATCHED:
             models.append((method, patch_model(copy.deepcopy(base), method, FACTOR), tokenizer))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import CtxextError
+from ..io import one_writer
 from .common import (
     ModelEntry,
     ModelSpec,
@@ -187,6 +188,7 @@ def perplexity_at(
             yield len(batch), nll_sum(model, ids, scored), scored * len(batch)
 
 
+@one_writer("output_dir")  # issue 10: one run at a time writes an output directory
 def evaluate_perplexity(
     models: ModelSpec | Sequence[ModelSpec],
     dataset: Any,
@@ -225,7 +227,8 @@ def evaluate_perplexity(
             raise CtxextError(f"{name} must be a whole number of at least 1, got {value!r}.")
     entries = resolve_models(models)
     check_device(device, dtype)
-    out = ResultsFile(output_dir, "perplexity.json", resume=resume, overwrite=overwrite)
+    out = ResultsFile(output_dir, "perplexity.json", resume=resume, overwrite=overwrite,
+                      sources=[*(e.source for e in entries), dataset])
     source, texts = _texts(dataset, split, text_field)
     need = tokens_per_document or lengths[-1]
     if need < lengths[-1]:
@@ -257,7 +260,8 @@ def evaluate_perplexity(
     results = out.results
     todo = {e.name: [n for n in lengths if (e.name, n) not in done] for e in entries}
     total = sum(len(windows(need, n, stride)) * n_docs for ns in todo.values() for n in ns)
-    bar = tqdm(total=total, unit="window", desc="perplexity", disable=not progress)
+    bar = tqdm(total=total, unit="window", desc="perplexity", disable=not progress,
+               delay=0.5)  # issue 10: a model that fails to load leaves no bar above the error
     try:
         active: list[ModelEntry] = [e for e in entries if todo[e.name]]
         for entry, model, _ in iterate_models(active, device=device, dtype=dtype):

@@ -11,10 +11,15 @@ that rotate many times inside the window and interpolates those that rotate less
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Mapping
 
+from ..io import atomic_file
 from ..rope.methods import resolve
 from ..rope.layout import RopeLayout, read_layout
+
+#: file kinds `ctxext info --plot` writes (matplotlib's, less those that need LaTeX or are raw buffers)
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "eps", "tif", "tiff")
 
 
 def describe(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,5 +108,7 @@ def plot_dimensions(rows: list[dict[str, Any]], path: str, title: str, original:
     ax.set_ylabel("wavelength (tokens)")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
-    fig.savefig(path, dpi=120)
+    suffix = os.path.splitext(os.fspath(path))[1]
+    with atomic_file(path, suffix=suffix) as tmp:  # a failed or interrupted save leaves no partial file
+        fig.savefig(tmp, dpi=120, format=suffix.lstrip(".").lower() or "png")
     plt.close(fig)

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_rope_utils import dynamic_rope_update
 
+from ..errors import first_line
 from ..rope.methods import Scaling, resolve
 from ..rope.functions import compute_inv_freq, default_inv_freq
 from ..rope.layout import GLOBAL, RopeConfigError, RopeLayout, read_layout
@@ -182,7 +183,7 @@ def _check_stock_reading(target: _Target, patch: RopePatch, expected: dict) -> N
     except Exception as err:  # the config class's own validation
         raise RopeConfigError(
             f"Stock transformers cannot load {patch.scaling.method} for model type {patch.layout.model_type!r}: "
-            f"its config refuses it ({str(err).strip().splitlines()[-1].strip()}); try ntk, a plain rope_theta change."
+            f"its config refuses it ({first_line(err, last=True)}); try ntk, a plain rope_theta change."
         ) from None
     try:
         inspect.signature(type(target.module)).bind(stock_config)

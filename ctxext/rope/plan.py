@@ -38,6 +38,7 @@ Phi-3 rule read it there). A `ctxext` key records what was done, so a second pat
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -261,6 +262,13 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
             "window, or patch the unscaled base model."
         )
     original = scaling.original_max_position_embeddings
+    recorded_window = layout.original_window() or layout.max_position_embeddings
+    if original is not None and original > recorded_window:  # issue 10: accepted, but worth one line
+        warnings.warn(
+            f"original_max_position_embeddings {original:,} is larger than the {recorded_window:,}-token window this "
+            f"config records, so the factor counts from {original:,}; give the window the model was pre-trained with.",
+            stacklevel=2,
+        )
     if original is None:
         original = layout.original_window() if layout.is_scaled else layout.max_position_embeddings
         if original is None:

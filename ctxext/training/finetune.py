@@ -37,8 +37,9 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import CtxextError
-from ..io import atomic_write_json, atomic_write_text, check_output_dir, staged_directory
+from ..errors import CtxextError, first_line
+from ..io import (atomic_write_json, atomic_write_text, check_apart, check_output_dir, mark, one_writer, removable,
+                  staged_directory)
 from .loss import causal_lm_loss
 from ..rope.methods import resolve
 from ..rope.plan import plan_patch
@@ -158,6 +159,7 @@ def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
     return output.with_name(output.name + ".checkpoints")
 
 
+@one_writer("output_dir")  # issue 10: one run writes an output (and its .checkpoints) at a time
 def finetune(
     model: Any,
     method: str,
@@ -227,14 +229,21 @@ def finetune(
             model, factor, original_max_position_embeddings, replace, params)
         replace = True  # the same scaling again, from the original window it records
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
-    output = check_output_dir(output_dir, overwrite)
+    source = _check_model(model)  # issue 10: checked first, so its own problems are what gets reported
+    # issue 10: the output rule of ctxext.io (never the model or the data, --overwrite only on ctxext's own)
+    output = check_output_dir(output_dir, overwrite, sources=(model, dataset))
     run_dir = checkpoint_dir(output)
+    check_apart(run_dir, (model, dataset))
     if run_dir.exists() and not (resume or overwrite):
         raise CtxextError(
             f"{run_dir} holds the checkpoints of an interrupted run; pass --resume to continue it "
             "or --overwrite to start over."
         )
-    source = _check_model(model)
+    if os.path.lexists(run_dir) and not removable(run_dir):  # issue 10: --overwrite deletes only ctxext's own
+        raise CtxextError(
+            f"{run_dir} exists and ctxext did not write it (it has no .ctxext marker), so it will not use or delete "
+            "it; move it away or choose another --output."
+        )
 
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin, set_seed
@@ -252,14 +261,18 @@ def finetune(
         data = read_dataset(dataset, split=split, text_field=text_field)
     config = _read_config(model, source)
     patch = plan_patch(read_layout(config), scaling, replace=replace)
+    if isinstance(model, (str, os.PathLike)) and os.path.isdir(source):  # issue 10: before the token cache
+        from ..loading import check_weights_fit
+
+        check_weights_fit(source)
     patch_args = dict(original_max_position_embeddings=original_max_position_embeddings, replace=replace, **params)
     length, pose_target = recipe.lengths(patch.original_max_position_embeddings, patch.window)
     if tokenizer is None and isinstance(model, (str, os.PathLike)):
         from ..loading import load_tokenizer
 
         tokenizer = load_tokenizer(source)
-    with accelerator.main_process_first():
-        tokens = tokenize(data, tokenizer, cache_dir)
+    with accelerator.main_process_first():  # issue 10: data too short for one sequence is not cached
+        tokens = tokenize(data, tokenizer, cache_dir, min_tokens=length)
     if len(tokens) < length:
         raise CtxextError(
             f"Dataset {described} holds {len(tokens):,} tokens, fewer than one training sequence of {length:,}; "
@@ -324,6 +337,7 @@ def finetune(
         if start is None and run_dir.exists():
             shutil.rmtree(run_dir)  # --overwrite: start over
         run_dir.mkdir(parents=True, exist_ok=True)
+        mark(run_dir, "run")  # issue 10: ctxext's own, so a later --overwrite may remove it
         atomic_write_json(run_dir / "run.json", run)
     accelerator.wait_for_everyone()
     log = _read_log(run_dir, upto=0 if start is None else start.step)
@@ -436,13 +450,14 @@ def _check_model(model: Any) -> str:
     if isinstance(model, (str, os.PathLike)):
         from ..loading import check_source
 
-        return check_source(model)
+        return check_source(model, weights=True)  # issue 10: bad weights refused before any data work
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "get_decoder"):
         raise CtxextError(
             f"model must be a hub id, a checkpoint directory or a transformers causal LM, got {type(model).__name__}."
         )
-    return getattr(config, "_name_or_path", "") or type(model).__name__
+    # issue 10: a class name is no hub id (the model card would name it as the base model)
+    return getattr(config, "_name_or_path", "") or f"{type(model).__name__} (in memory)"
 
 
 def _kept_scaling(model: Any, factor: Any, original: Any, replace: bool, params: dict) -> tuple:
@@ -464,11 +479,15 @@ def _read_config(model: Any, source: str) -> dict:
         return model.config.to_dict()
     from transformers import AutoConfig
 
+    if os.path.isdir(source):  # issue 10: wrong-typed values get ctxext's sentence before transformers reads them
+        from ..patching.checkpoint import read_config
+        from ..rope.layout import check_config_types
+
+        check_config_types(read_config(Path(source)))
     try:
         return AutoConfig.from_pretrained(source).to_dict()
-    except (OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
-        raise CtxextError(f"Could not read the config of {source}: {first}.") from None
+    except Exception as err:  # the user's config.json: transformers' validation raises several types
+        raise CtxextError(f"Could not read the config of {source}: {first_line(err)}.") from None
 
 
 @dataclass(frozen=True)
@@ -519,12 +538,29 @@ def _resume_point(run_dir: Path, run: dict, resume: bool, say: Callable[[str], N
 
 
 def _read_log(run_dir: Path, upto: int) -> list[dict]:
-    """The log records of steps 1..upto (later ones belong to steps a resumed run repeats)."""
+    """The log records of steps 1..upto (later ones belong to steps a resumed run repeats).
+
+    Issue 10: a torn last line (a power cut mid-write) is dropped: its step is past the last checkpoint,
+    so the resumed run repeats it. Damage anywhere else, or a step missing, is refused.
+    """
     path = run_dir / LOG_NAME
     if upto == 0 or not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in records if r["step"] <= upto]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            step = record["step"]
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                break  # torn by the interruption: written after the checkpoint we resume from
+            raise CtxextError(f"Line {number} of {path} is damaged; pass --overwrite to start over.") from None
+        records.append(record)
+    kept = [r for r in records if r["step"] <= upto]
+    if [r["step"] for r in kept] != list(range(1, upto + 1)):
+        raise CtxextError(f"{path} does not record steps 1 to {upto} of the checkpoint; pass --overwrite to start over.")
+    return kept
 
 
 def _save_checkpoint(accelerator: Any, run_dir: Path, step: int) -> None:

@@ -49,11 +49,14 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def token_stream(texts: Any, tokenizer: Any, cache_dir: str | os.PathLike | None = None, batch_size: int = 64) -> np.ndarray:
+def token_stream(
+    texts: Any, tokenizer: Any, cache_dir: str | os.PathLike | None = None, batch_size: int = 64, min_tokens: int = 0
+) -> np.ndarray:
     """All documents of `texts` (a Dataset with a `text` column) tokenized and joined: doc EOS doc EOS ...
 
     Each document is tokenized with the tokenizer's own special tokens (a BOS where it adds one),
-    then EOS is appended unless the tokenizer already put it there.
+    then EOS is appended unless the tokenizer already put it there. A stream shorter than
+    `min_tokens` is returned from memory and never cached, so data too short to use leaves no file.
     """
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -64,17 +67,34 @@ def token_stream(texts: Any, tokenizer: Any, cache_dir: str | os.PathLike | None
     ).hexdigest()[:20]
     path = cache_root(cache_dir) / "tokens" / f"{key}.u32"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        held: list[np.ndarray] | None = []  # ids kept in memory until min_tokens are reached (then: the file)
+        count, out = 0, None
         try:
-            with open(tmp, "wb") as out:
-                for batch in texts.iter(batch_size=batch_size):
-                    for ids in tokenizer(batch["text"])["input_ids"]:
-                        if not ids or ids[-1] != eos:
-                            ids = [*ids, eos]
-                        out.write(np.asarray(ids, dtype=np.uint32).tobytes())
+            for batch in texts.iter(batch_size=batch_size):
+                for ids in tokenizer(batch["text"])["input_ids"]:
+                    if not ids or ids[-1] != eos:
+                        ids = [*ids, eos]
+                    chunk = np.asarray(ids, dtype=np.uint32)
+                    count += len(chunk)
+                    if held is not None:
+                        held.append(chunk)
+                        if count < min_tokens:
+                            continue
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        out = open(tmp, "wb")
+                        for piece in held:
+                            out.write(piece.tobytes())
+                        held = None
+                    else:
+                        out.write(chunk.tobytes())
+            if held is not None:  # shorter than min_tokens: nothing written anywhere
+                return np.concatenate(held) if held else np.zeros(0, dtype=np.uint32)
+            out.close()
             os.replace(tmp, path)  # readers see a whole stream or none
         finally:
+            if out is not None:
+                out.close()
             tmp.unlink(missing_ok=True)
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=np.uint32)
@@ -107,13 +127,13 @@ def read_dataset(dataset: Any, split: str = "train", text_field: str | None = No
     return ids
 
 
-def tokenize(data: Any, tokenizer: Any, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
-    """The token stream of what `read_dataset` returned (ids pass through unchanged)."""
+def tokenize(data: Any, tokenizer: Any, cache_dir: str | os.PathLike | None = None, min_tokens: int = 0) -> np.ndarray:
+    """The token stream of what `read_dataset` returned (ids pass through unchanged); see token_stream."""
     if isinstance(data, np.ndarray):
         return data
     if tokenizer is None:
         raise CtxextError("Text data needs a tokenizer: pass tokenizer=..., or give token ids instead of text.")
-    return token_stream(data, tokenizer, cache_dir)
+    return token_stream(data, tokenizer, cache_dir, min_tokens=min_tokens)
 
 
 def pose_position_ids(length: int, target: int, generator: torch.Generator, chunks: int = 2) -> torch.Tensor:
