@@ -31,7 +31,8 @@ from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..errors import CtxextError
-from ..io import atomic_write_json, atomic_write_text, check_output_dir, staged_directory
+from ..io import (atomic_write_json, atomic_write_text, check_apart, check_output_dir, mark, one_writer, removable,
+                  staged_directory)
 from ..rope.methods import check_factor, longrope_attention_factor, yarn_attention_factor
 from .evolution import LOG_NAME, EvolutionSettings, Outcome, evolve, saved_run
 from .objectives import OBJECTIVES
@@ -128,6 +129,7 @@ def _attention_mode(value: Any) -> str | float:
     return float(value)
 
 
+@one_writer("output_dir")  # one search writes an output (and its .search state) at a time
 def search_factors(
     model: Any,
     factor: float,
@@ -206,15 +208,25 @@ def search_factors(
     if original_max_position_embeddings is not None:
         _check_int("original_max_position_embeddings", original_max_position_embeddings, 2)
     in_memory = not isinstance(model, (str, os.PathLike))
-    output = None if output_dir is None else check_output_dir(output_dir, overwrite)
-    states = None if output is None else state_dir(output)
-    if resume and output is None:
-        raise CtxextError("resume needs the output directory of the interrupted search; pass output_dir (--output).")
-    if states is not None and states.exists() and not (resume or overwrite):
-        raise CtxextError(f"{states} holds an interrupted search; pass --resume to continue it or --overwrite to "
-                          "start over.")
-
     from ..loading import check_source, load_model, load_tokenizer, pick_device, pick_dtype
+
+    if not in_memory:
+        source = check_source(model, weights=True)  # the model's own problems are reported first
+    if resume and output_dir is None:
+        raise CtxextError("resume needs the output directory of the interrupted search; pass output_dir (--output).")
+    sources = [s for s in (model, dataset) if isinstance(s, (str, os.PathLike))]
+    # the output rule of ctxext.io: never the model or the data, --overwrite only on ctxext's own
+    output = None if output_dir is None else check_output_dir(output_dir, overwrite, sources=sources)
+    states = None if output is None else state_dir(output)
+    if states is not None:
+        check_apart(states, sources, what="the search state")
+        if os.path.lexists(states) and not removable(states):
+            raise CtxextError(f"{states} exists and ctxext did not write it (it has no .ctxext marker), so it will not "
+                              "use or delete it; move it away or choose another --output.")
+        if states.exists() and not (resume or overwrite):
+            raise CtxextError(f"{states} holds an interrupted search; pass --resume to continue it or --overwrite to "
+                              "start over.")
+
     from ..rope.layout import read_layout
 
     # -- everything that can be checked before the weights load ----------------------------------
@@ -230,11 +242,16 @@ def search_factors(
     else:
         from ..patching.checkpoint import read_config, resolve_checkpoint
 
-        source = check_source(model)
         pick_dtype(dtype, pick_device(device))
-        config_dict = read_config(resolve_checkpoint(source))
+        directory = resolve_checkpoint(source)
+        check_output_dir(output_dir, overwrite, sources=[directory]) if output_dir is not None else None
+        config_dict = read_config(directory)
+    layout = read_layout(config_dict)  # the config's own problems first
+    if not in_memory:
+        from ..loading import check_weights_fit
+
+        check_weights_fit(directory)  # weights that would not load are refused before any data is read
         tokenizer = tokenizer or load_tokenizer(source)
-    layout = read_layout(config_dict)
     if layout.is_scaled and not replace:
         raise CtxextError(
             f"This {layout.model_type} model already uses {layout.describe_scaling()} RoPE scaling; pass "
@@ -284,8 +301,9 @@ def search_factors(
         }
         if states is not None:
             if states.exists() and overwrite and not resume:
-                shutil.rmtree(states)  # ours: a previous search's state
+                shutil.rmtree(states)  # ours (marked, checked above): a previous search's state
             states.mkdir(parents=True, exist_ok=True)
+            mark(states, "run")  # ctxext's own, so a later --overwrite may remove it
         outcome = evolve(lambda c: evaluator.loss(c, documents), seeds, bounds, settings, state_dir=states,
                          run=run, resume=resume, progress=progress, on_evaluation=on_evaluation)
         best = outcome.best.candidate
@@ -411,7 +429,7 @@ def _write_output(result: SearchResult, output: Path, overwrite: bool, states: P
     from ..patching.checkpoint import patch_checkpoint
     from .plots import plot_factors
 
-    with staged_directory(output, overwrite) as tmp:
+    with staged_directory(output, overwrite, sources=[] if in_memory else [source]) as tmp:
         if in_memory:  # already patched with the result: its weights are saved with the new config
             model.save_pretrained(tmp)
             if tokenizer is not None:

@@ -7,6 +7,7 @@ import torch
 
 import ctxext.loading
 from ctxext import cli
+from ctxext.io import mark
 from ctxext.patching.checkpoint import patch_checkpoint
 from tiny import tiny_model, tiny_tokenizer
 
@@ -31,6 +32,7 @@ def work(tmp_path, monkeypatch, model_dir):
     (work / "existing" / "keep.txt").write_text("mine")
     (work / "crashed.search").mkdir()
     (work / "crashed.search" / "state.json").write_text("{}")
+    mark(work / "crashed.search", "run")  # the state of a search ctxext began
     patch_checkpoint(model_dir, work / "yarn-x2", "yarn", 2)
 
     def no_model(*args, **kwargs):
