@@ -32,11 +32,17 @@ methods:
 PARAMS = METHOD_PARAMETERS
 
 
-def add_scaling_arguments(parser: argparse.ArgumentParser) -> None:
-    """--method, --factor and the method parameters, shared by every command that scales a model."""
-    parser.add_argument("--method", required=True, choices=METHOD_CHOICES, metavar="METHOD",
-                        help=f"scaling method: {', '.join(METHOD_CHOICES)}")
-    parser.add_argument("--factor", required=True, type=number, help="new window / original window (>= 1)")
+def add_scaling_arguments(parser: argparse.ArgumentParser, keep: bool = False) -> None:
+    """--method, --factor and the method parameters, shared by every command that scales a model.
+
+    keep: also accept `--method keep` (the scaling the checkpoint already carries; no --factor then).
+    """
+    choices = (*METHOD_CHOICES, "keep") if keep else METHOD_CHOICES
+    parser.add_argument("--method", required=True, choices=choices, metavar="METHOD",
+                        help=f"scaling method: {', '.join(choices)}"
+                        + ("; keep: the scaling MODEL already carries, as it is (a searched longrope checkpoint)" if keep else ""))
+    parser.add_argument("--factor", required=not keep, type=number,
+                        help="new window / original window (>= 1)" + ("; not with --method keep" if keep else ""))
     parser.add_argument("--original-max-position-embeddings", type=positive_int, metavar="N",
                         help="the pre-training window (default: what the config records)")
     for name in PARAMS:

@@ -5,8 +5,9 @@
 
 The embedded model (ctxext/demo/assets/demo_model, trained by recipes/pretrain_tiny.py) retrieves a
 passkey inside its 256-token window. The demo measures passkey accuracy and perplexity at 1x, 2x,
-4x and 8x that window for the base model; for pi, ntk and yarn patches without training; and for
-pi and yarn after a short LoRA fine-tune at 8x. It writes demo.json, the heatmaps and plots, the
+4x and 8x that window for the base model; for pi, ntk and yarn patches and the shipped searched
+longrope factors (recipes/search_demo.py), without training; and for pi and yarn after a short LoRA
+fine-tune at 8x. It writes demo.json, the heatmaps and plots, the
 fine-tuned checkpoints and report.md, and prints one table.
 """
 
@@ -72,6 +73,7 @@ def run_demo(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import synthetic
+    from .searched import searched_factors
     from ..evaluation.common import LengthBeyondWindowWarning
     from ..evaluation.passkey import evaluate_passkey
     from ..patching.model import patch_model
@@ -93,6 +95,9 @@ def run_demo(
         models: list[tuple[str, Any, Any]] = [("base", base, tokenizer)]
         for method in PATCHED:
             models.append((method, patch_model(copy.deepcopy(base), method, FACTOR), tokenizer))
+        searched = searched_factors()  # shipped: see ctxext.demo.searched
+        params = {k: searched[k] for k in ("long_factor", "short_factor", "attention_factor")}
+        models.append(("longrope", patch_model(copy.deepcopy(base), "longrope", FACTOR, **params), tokenizer))
         finetunes = {}
         stream = synthetic.training_stream(tokenizer, settings.train_documents, window * FACTOR, seed=settings.seed)
         for method in TUNED:
@@ -133,6 +138,7 @@ def run_demo(
             "lengths": lengths,
             "rows": rows,
             "finetune": finetunes,
+            "longrope": {**params, "search": searched["search"]},
             "settings": asdict(settings),
             "quick": quick,
             "seconds": round(time.perf_counter() - started, 1),
@@ -185,6 +191,11 @@ synthetic text, at 1x to {factor}x the window.
 
 - `base`: the model as pre-trained; beyond its window it has never seen the positions.
 - `pi`, `ntk`, `yarn`: the same weights with the rotary frequencies rescaled for {factor}x, no training.
+- `longrope`: the same weights with per-frequency factors searched for {factor}x by `ctxext search` (shipped
+  with the package; `{report["longrope"]["search"]["command"]}` searched them on the training documents
+  only), no training. Inside the original window it keeps the original frequencies (short_factor 1); past
+  it stock transformers switches to the searched ones, mid-generation when a prompt fills the window
+  exactly (the 1x passkey column), which breaks the cached keys' rotations.
 - `pi+lora`, `yarn+lora`: the patched models after a short LoRA fine-tune at {window * factor} tokens:
 {tuned}
 

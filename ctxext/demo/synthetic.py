@@ -185,3 +185,27 @@ def training_stream(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[
         doc = prompt + answer + maker.ids(".")
         stream += doc[:length] + [tokenizer.eos_token_id] * (length - len(doc))
     return stream
+
+
+def search_texts(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[str]:
+    """`n` texts of at least `length` tokens made of the training stream's documents, two per text.
+
+    What a factor search of the demo model reads (`recipes/search_demo.py`): the first 2n documents
+    of `training_stream(tokenizer, ..., length, seed)`, the data the demo fine-tunes on, never the
+    held-out texts it measures with.
+    """
+    stream = training_stream(tokenizer, 2 * n, length, seed)
+    docs = [stream[i * length : (i + 1) * length] for i in range(2 * n)]
+    decoded = [tokenizer.decode(d, skip_special_tokens=True) for d in docs]
+    return ["\n".join(decoded[2 * i : 2 * i + 2]) for i in range(n)]
+
+
+def search_needles(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """The first `n` documents of `training_stream(tokenizer, ..., length, seed)` as (prompt ids, answer ids).
+
+    The needle-driven objective of a factor search of the demo model (`recipes/search_demo.py`): the
+    loss on the answer tokens of the very documents the demo fine-tunes on.
+    """
+    maker, rng = DocumentMaker(tokenizer), random.Random(seed)
+    return [maker.make(rng, length - 1) for _ in range(n)]  # what training_stream draws, in its order
+

@@ -14,6 +14,7 @@ from ..rope.methods import METHODS
 from ..rope.plan import RopePatch
 from ..rope.readers import READER_VERSIONS
 
+
 def _value(value: Any) -> str:
     """A parameter for the card: a number, or a per-frequency list summarised by its length and range."""
     if isinstance(value, (list, tuple)):

@@ -16,8 +16,9 @@ GEMMA3 = {"model_type": "gemma3_text", "head_dim": 256, "max_position_embeddings
 
 
 def card(config, method, factor, source="meta-llama/Llama-2-7b-hf", **kwargs):
-    params = {"long_factor": [1.0] * (read_layout(config).rotary_dim // 2)} if method == "longrope" else {}
-    patch = plan_patch(read_layout(config), resolve(method, factor, **params))
+    layout = read_layout(config)
+    params = {"long_factor": [float(factor)] * (layout.rotary_dim // 2)} if method == "longrope" else {}
+    patch = plan_patch(layout, resolve(method, factor, **params))
     kwargs.setdefault("notes", reader_notes(patched_config_dict(config, patch)))
     return render_model_card(source, patch, **kwargs)
 
