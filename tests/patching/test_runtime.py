@@ -43,11 +43,8 @@ def patched(arch: str, method: str):
     return model, expect
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch,method", [(a, m) for a in ARCHITECTURES for m in METHODS if (a, m) not in REFUSED])
 def test_attention_gets_the_methods_cos_sin_in_memory_and_after_a_stock_reload(arch, method, tmp_path):
-    if (arch, method) in REFUSED:
-        pytest.skip("refused on purpose, with a sentence (tested in test_model.py)")
     model, expect = patched(arch, method)
     assert check_lengths(model, expect, LENGTHS) == []
     model.save_pretrained(tmp_path)
@@ -55,12 +52,10 @@ def test_attention_gets_the_methods_cos_sin_in_memory_and_after_a_stock_reload(a
     assert check_lengths(reloaded, expect.reloaded(), LENGTHS) == []
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text", "phi3", "gpt_neox"])
-@pytest.mark.parametrize("method", ["dynamic-ntk", "dynamic-yarn", "longrope"])
+@pytest.mark.parametrize("arch,method", [(a, m) for a in ["llama", "qwen2", "gemma3_text", "phi3", "gpt_neox"]
+                                         for m in ["dynamic-ntk", "dynamic-yarn", "longrope"] if (a, m) not in REFUSED])
 def test_a_real_forward_over_every_token_agrees(arch, method):
     """The scattered position ids stand for a real pass: the same check over all (s+1) x L0 tokens."""
-    if (arch, method) in REFUSED:
-        pytest.skip("refused on purpose")
     model, expect = patched(arch, method)
     assert check_lengths(model, expect, [(FACTOR + 1) * L0, L0 // 2], full=True) == []
 
