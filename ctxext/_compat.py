@@ -10,8 +10,9 @@ here imports torch at module level, so torch-free callers (`ctxext.rope.plan`) c
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 #: model types that transformers 4.57 (the last v4 release line) loads as causal LMs: their configs
 #: get the v4 spelling (`rope_scaling` + top-level `rope_theta`) next to the v5 one. A hard-coded
@@ -67,6 +68,29 @@ def set_serialised_config_key(config: Any, key: str, value: Any) -> None:
 def drop_serialised_config_key(config: Any, key: str) -> None:
     """Remove `key` from what `config.to_dict()` writes (the counterpart of `set_serialised_config_key`)."""
     config.__dict__.pop(key, None)
+
+
+@contextlib.contextmanager
+def forward_replaced(module: Any, forward: Callable[..., Any]) -> Iterator[None]:
+    """Within the block, calling `module` runs `forward` instead of its own forward; its hooks still run.
+
+    Relies on: torch's `nn.Module.__call__` calling `self.forward`, which an instance attribute
+    shadows (accelerate's hooks wrap forward the same way); an instance `forward` already there is
+    put back afterwards. ctxext's chunked loss uses it to run a model's own output head on given
+    hidden states (`ctxext.lm_head.own_head`).
+    """
+    previous = module.__dict__.get("forward", _MISSING)
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if previous is _MISSING:
+            del module.forward
+        else:
+            module.forward = previous
+
+
+_MISSING = object()
 
 
 def dynamic_cache(layers: Iterable[tuple[Any, Any]] | None = None) -> Any:

@@ -11,17 +11,25 @@ the head, when it is trained) inside the forward pass. Only those gradients are 
 so memory is one chunk of logits at a time and no matmul is recomputed.
 
 In the base layer because training (`ctxext.training.loss`) and evaluation
-(`ctxext.evaluation.perplexity`) both score through it; `LogitTransform` says what each
-architecture does to the logits before the softmax.
+(`ctxext.evaluation.perplexity`) both score through it. Two heads: a plain linear one with a
+`LogitTransform` (what an architecture's config says it does to the logits; perplexity checks it
+against the model's own forward before using it), and `own_head(model)`, the model's own final-logit
+code run on a chunk of hidden states, which training uses (`chunked_head_loss`): whatever an
+architecture does after its decoder is then done by its own forward, as in
+`model(input_ids, labels=input_ids)`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
+
+from ._compat import forward_replaced
+from .errors import CtxextError
 
 IGNORE_INDEX = -100
 #: float32 logits one chunk may hold (64 MiB): 256 tokens at a 49k vocabulary, 128 at Llama 3's 128k
@@ -161,6 +169,170 @@ def chunked_nll_sum(
         total, _, _ = _chunked(hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels.reshape(-1), chunk_size,
                                transform, (False, False, False))
     return total
+
+
+class _DecoderOutput:
+    """What a stubbed decoder returns: the given hidden states; any other output field reads as None."""
+
+    def __init__(self, last_hidden_state: torch.Tensor):
+        self.last_hidden_state = last_hidden_state
+
+    def __getattr__(self, name: str):
+        return None
+
+    def __getitem__(self, index):
+        return (self.last_hidden_state,)[index]
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The causal LM's decoder (the module whose `last_hidden_state` its head reads).
+
+    `get_decoder()` is not reliable on every architecture: Llama 4's text model returns the causal
+    LM itself (its `base_model_prefix` names no child) and ModernBERT's decoder returns its
+    prediction head (a Linear named `decoder`). The first of `get_decoder()`, `base_model` and
+    `model.model` that is a transformers model other than `model` is taken; `own_head` then checks
+    that the model's forward goes once through it.
+    """
+    candidates = [getattr(model, "get_decoder", lambda: None)(), getattr(model, "base_model", None),
+                  getattr(model, "model", None)]
+    for candidate in candidates:
+        if candidate is not model and isinstance(candidate, nn.Module) and hasattr(candidate, "config"):
+            return candidate
+    raise CtxextError(
+        f"ctxext cannot find {type(model).__name__}'s decoder (neither get_decoder(), base_model nor .model is "
+        "one); this architecture is not supported for training with ctxext."
+    )
+
+
+def decoder_hidden(model: nn.Module, **inputs) -> torch.Tensor:
+    """The decoder's last hidden states [B, T, H] for `inputs` (passed to it as keyword arguments)."""
+    output = decoder_of(model)(**inputs)
+    hidden = getattr(output, "last_hidden_state", None)
+    if not isinstance(hidden, torch.Tensor):
+        raise CtxextError(
+            f"{type(model).__name__}'s decoder returns no last_hidden_state; this architecture is not supported "
+            "for training with ctxext."
+        )
+    return hidden
+
+
+def own_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's own final-logit code as a function of hidden states [n, H] -> logits [n, V].
+
+    It calls the causal LM's forward with its decoder's forward replaced by one that returns the given
+    hidden states, so whatever the architecture does after the decoder (the LM head, Cohere's
+    logit_scale, Granite's division by logits_scaling, HyperCLOVA X's multiplication by it, Falcon-H1's
+    lm_head_multiplier, Gemma 2's softcapping) is done by its own code, not re-implemented here.
+    """
+    decoder = decoder_of(model)
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        calls = []
+
+        def stub(*args, **kwargs):
+            calls.append(1)
+            return _DecoderOutput(hidden[None])  # [1, n, H]
+
+        with forward_replaced(decoder, stub):
+            ids = torch.zeros(1, hidden.shape[0], dtype=torch.long, device=hidden.device)  # [1, n]
+            logits = model(input_ids=ids, use_cache=False).logits  # [1, n, V]
+        if len(calls) != 1 or logits.shape[:2] != (1, hidden.shape[0]):
+            raise CtxextError(
+                f"ctxext's chunked loss cannot run {type(model).__name__}'s own output head on hidden states "
+                "(its forward does not go once through its decoder); this architecture is not supported for "
+                "training with ctxext."
+            )
+        return logits[0]
+
+    return head
+
+
+def _chunk(head, hidden, labels, params, need_hidden):
+    """(summed loss, grad wrt this chunk's hidden states or None, grads wrt params) for one chunk."""
+    # hidden [n, H], labels [n]
+    with torch.enable_grad():
+        h = hidden.detach().requires_grad_(need_hidden)
+        logits = head(h)  # [n, V], in the model's own code and dtype
+        loss = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        inputs = ([h] if need_hidden else []) + list(params)
+        if not inputs or not loss.requires_grad:
+            return loss.detach(), None, [None] * len(params)
+        grads = list(torch.autograd.grad(loss, inputs, allow_unused=True))
+    grad_hidden = grads.pop(0) if need_hidden else None
+    return loss.detach(), grad_hidden, grads
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """Mean cross-entropy of `head(hidden)` computed chunk by chunk: each chunk's graph (its logits) is built,
+    differentiated and freed inside forward, and only the gradients are kept for backward: [N, H] for the
+    hidden states and one float32 buffer per trained head parameter, never the logits.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, labels, head, chunk_size: int, *params):
+        # hidden [N, H], labels [N]
+        need_hidden = ctx.needs_input_grad[0]
+        tracked = [i for i, p in enumerate(params) if ctx.needs_input_grad[4 + i]]
+        count = (labels != IGNORE_INDEX).sum().clamp(min=1).to(torch.float32)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_params = [torch.zeros(params[i].shape, dtype=torch.float32, device=params[i].device) for i in tracked]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            piece = slice(start, start + chunk_size)
+            loss, g_hidden, g_params = _chunk(head, hidden[piece], labels[piece], [params[i] for i in tracked],
+                                              need_hidden)
+            total += loss
+            if need_hidden:
+                grad_hidden[piece] = g_hidden if g_hidden is not None else 0
+            for buffer, g in zip(grad_params, g_params):
+                if g is not None:
+                    buffer += g.float()
+        if need_hidden:
+            grad_hidden /= count.to(grad_hidden.dtype)
+        ctx.tracked = tracked
+        ctx.n_params = len(params)
+        ctx.param_dtypes = [params[i].dtype for i in tracked]
+        ctx.save_for_backward(*([grad_hidden] if need_hidden else []), *[g / count for g in grad_params])
+        ctx.need_hidden = need_hidden
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = list(ctx.saved_tensors)
+        grad_hidden = None
+        if ctx.need_hidden:
+            saved_hidden = saved.pop(0)  # [N, H] in the hidden states' dtype
+            grad_hidden = (saved_hidden * grad_output).to(saved_hidden.dtype)
+        grads = [None] * ctx.n_params
+        for i, g, dtype in zip(ctx.tracked, saved, ctx.param_dtypes):
+            grads[i] = (g * grad_output).to(dtype)
+        return (grad_hidden, None, None, None, *grads)
+
+
+def chunked_head_loss(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    labels: torch.Tensor,
+    params: list[torch.Tensor] = (),
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """Mean cross-entropy of `head(hidden)` against `labels` (IGNORE_INDEX skipped), `chunk_size` tokens at a time.
+
+    hidden [..., H], labels [...] (aligned: labels[t] follows t). `params` are the tensors `head` reads
+    that may need gradients (the LM head's weight, its LoRA adapters...); unused ones get none.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    hidden2d = hidden.reshape(-1, hidden.shape[-1])  # [N, H]
+    labels1d = labels.reshape(-1)  # [N]
+    params = [p for p in params if p is not None]
+    tracked = [t for t in (hidden2d, *params) if t.requires_grad]
+    if not (torch.is_grad_enabled() and tracked):  # evaluation: the loss alone, no gradients computed
+        count = (labels1d != IGNORE_INDEX).sum().clamp(min=1).to(torch.float32)
+        total = sum(_chunk(head, hidden2d[s : s + chunk_size], labels1d[s : s + chunk_size], [], False)[0]
+                    for s in range(0, hidden2d.shape[0], chunk_size))
+        return total / count
+    return _ChunkedLoss.apply(hidden2d, labels1d, head, chunk_size, *params)
 
 
 def shifted_labels(input_ids: torch.Tensor) -> torch.Tensor:

@@ -136,6 +136,25 @@ def test_v4_model_types_are_the_v4_readers_rotary_causal_lms(v4_env, tmp_path):
     assert not missing, f"transformers {v4['version']} has rotary causal LMs {missing} missing from _compat.V4_MODEL_TYPES"
 
 
+def test_a_replaced_forward_runs_with_the_modules_hooks_and_is_put_back():
+    import torch
+
+    from ctxext._compat import forward_replaced
+
+    module = torch.nn.Linear(2, 2)
+    seen = []
+    module.register_forward_pre_hook(lambda m, args: seen.append("hook"))
+    x = torch.ones(1, 2)
+    with forward_replaced(module, lambda x: x * 7):
+        assert torch.equal(module(x), x * 7)
+    assert seen == ["hook"] and "forward" not in vars(module)
+    torch.testing.assert_close(module(x), torch.nn.functional.linear(x, module.weight, module.bias))
+    module.forward = lambda x: x + 1  # a wrapper someone else put there (accelerate's hooks do) comes back
+    with forward_replaced(module, lambda x: x * 7):
+        assert torch.equal(module(x), x * 7)
+    assert torch.equal(module(x), x + 1)
+
+
 def test_no_module_but_compat_touches_another_objects_private_names():
     """Outside ctxext/_compat.py, no `obj._name` of anything but the module's own object, no `__code__` /
     `__dict__` / `__dataclass_fields__`, and no getattr/hasattr of a private name (ctxext's own `_ctxext_*` aside)."""

@@ -61,6 +61,13 @@ def _config(model: str, revision: str | None) -> dict:
     return read_config(Path(path).parent)
 
 
+def _short(value) -> str:
+    """A rope parameter for the text output: longrope's per-frequency lists by length and range."""
+    if isinstance(value, list) and len(value) > 4:
+        return f"[{len(value)} values, {min(value):g} to {max(value):g}]"
+    return str(value)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import CtxextError
     from ..patching.info import describe
@@ -95,13 +102,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"rotary dims       {summary['rotary_dim']} of head_dim {summary['head_dim']}"
           + (f" (partial_rotary_factor {partial:g})" if partial != 1 else ""))
     for layer_type, params in summary["rope"].items():
-        text = "none" if params is None else ", ".join(f"{k}={v}" for k, v in params.items())
+        text = "none" if params is None else ", ".join(f"{k}={_short(v)}" for k, v in params.items())
         touched = "" if layer_type in summary["scaled_layer_types"] else "  (local: a patch leaves it)"
         print(f"rope [{layer_type}]".ljust(18) + text + touched)
     print(f"scaling           {summary['scaling']}")
     original = summary["original_max_position_embeddings"]
     print(f"original window   {original:,}" if original else "original window   not recorded")
     print(f"effective window  {summary['window']:,}")
+    for note in summary["readers"]:
+        print(f"warning: {note}")
     if rows is not None:
         print(f"\n{'dim':>4} {'wavelength':>12} {'rotations/L0':>13} {'new wavelength':>15} {'freq ratio':>11}  kind")
         for r in rows:

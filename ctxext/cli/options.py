@@ -17,12 +17,12 @@ import argparse
 import contextlib
 import dataclasses
 import inspect
+import json
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
-import json
 from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import CtxextError
 

@@ -27,10 +27,9 @@ examples:
 methods:
 """ + "\n".join(f"  {m.name:<13} {m.summary}" for m in METHODS.values())
 
-#: method parameters that get a command-line option (HF spelling, dashes on the command line): the registry's
-PARAMS = tuple(name for name in METHOD_PARAMETERS if name not in SEQUENCE_PARAMS)
-#: per-frequency parameters: comma-separated numbers or a .json list
-LIST_PARAMS = SEQUENCE_PARAMS
+#: method parameters that get a command-line option (HF spelling, dashes on the command line): the registry's;
+#: the per-frequency ones (longrope's) take comma-separated numbers or a .json list
+PARAMS = METHOD_PARAMETERS
 
 
 def add_scaling_arguments(parser: argparse.ArgumentParser, keep: bool = False) -> None:
@@ -47,18 +46,19 @@ def add_scaling_arguments(parser: argparse.ArgumentParser, keep: bool = False) -
     parser.add_argument("--original-max-position-embeddings", type=positive_int, metavar="N",
                         help="the pre-training window (default: what the config records)")
     for name in PARAMS:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=number, dest=name, metavar="X",
-                            help=f"{name} (only for methods that take it)")
-    for name in LIST_PARAMS:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=number_list, dest=name, metavar="LIST",
-                            help=f"longrope's {name}: comma-separated numbers or a .json list, one per rotary "
-                                 "frequency" + (" (default: --long-factor)" if name == "short_factor" else ""))
+        if name in SEQUENCE_PARAMS:
+            parser.add_argument(f"--{name.replace('_', '-')}", type=number_list, dest=name, metavar="LIST",
+                                help=f"longrope's {name}: comma-separated numbers or a .json list, one per rotary "
+                                     "frequency" + (" (default: --long-factor)" if name == "short_factor" else ""))
+        else:
+            parser.add_argument(f"--{name.replace('_', '-')}", type=number, dest=name, metavar="X",
+                                help=f"{name} (only for methods that take it)")
     parser.add_argument("--replace", action="store_true",
                         help="discard a scaling the model already has and count from its original window")
 
 
 def scaling_kwargs(args: argparse.Namespace) -> dict:
-    params = {name: getattr(args, name) for name in PARAMS + LIST_PARAMS if getattr(args, name) is not None}
+    params = {name: getattr(args, name) for name in PARAMS if getattr(args, name) is not None}
     return dict(original_max_position_embeddings=args.original_max_position_embeddings, replace=args.replace,
                 **params)
 
@@ -69,7 +69,8 @@ def register(subparsers) -> None:
         help="write a RoPE-scaled copy of a checkpoint (config only, fast)",
         description="Write a copy of MODEL whose rotary embedding is scaled for a longer window. Only "
         "config.json changes (both the transformers v5 and v4 spellings); weights are hard-linked, "
-        "never loaded. The result loads in stock transformers, vLLM and llama.cpp's converter.",
+        "never loaded. The result loads in stock transformers; where vLLM or llama.cpp would run it "
+        "differently, one warning line says so and what to use instead.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -82,12 +83,20 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+    import warnings
+
     from ..patching.checkpoint import patch_checkpoint, read_config
     from ..patching.info import describe
+    from ..rope.readers import ReaderWarning
 
-    out = patch_checkpoint(args.model, args.output, args.method, args.factor, overwrite=args.overwrite,
-                           revision=args.revision, **scaling_kwargs(args))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReaderWarning)  # said below, once, from the written config
+        out = patch_checkpoint(args.model, args.output, args.method, args.factor, overwrite=args.overwrite,
+                               revision=args.revision, **scaling_kwargs(args))
     info = describe(read_config(out))
+    for note in info["readers"]:
+        print(f"warning: {note}", file=sys.stderr)
     record = info["ctxext"]
     if record is None:  # factor 1 writes no record: the rope is the unscaled one, in both spellings
         print(f"wrote {out}: unscaled rope (factor 1), window {info['window']:,} tokens "

@@ -140,7 +140,7 @@ def head_matches_forward(model: Any) -> bool:
     """
     import torch
 
-    from ..lm_head import LogitTransform
+    from ..lm_head import LogitTransform, decoder_hidden
     from .common import model_device
 
     get_decoder, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
@@ -153,13 +153,13 @@ def head_matches_forward(model: Any) -> bool:
     try:
         with torch.inference_mode():
             stock = model(input_ids=ids, use_cache=False).logits.float()  # [1, 8, V]
-            hidden = get_decoder()(input_ids=ids, use_cache=False).last_hidden_state  # [1, 8, H]
+            hidden = decoder_hidden(model, input_ids=ids, use_cache=False)  # [1, 8, H]
             ours = torch.nn.functional.linear(hidden, head.weight, head.bias).float()
             transform = LogitTransform.from_config(model.config)
             ours = ours * transform.scale
             if transform.softcap is not None:
                 ours = transform.softcap * torch.tanh(ours / transform.softcap)
-    except (AttributeError, TypeError, ValueError, RuntimeError):
+    except (AttributeError, TypeError, ValueError, RuntimeError, CtxextError):
         return False
     tolerance = 1e-4 if hidden.dtype == torch.float32 else 2e-2
     return stock.shape == ours.shape and torch.allclose(stock, ours, rtol=tolerance, atol=tolerance)
@@ -178,10 +178,10 @@ def nll_sum(model: Any, windows_ids: Any, scored: int, through_head: bool = Fals
 
     targets = windows_ids[:, -scored:]  # [B, scored]
     if through_head:
-        from ..lm_head import LogitTransform, chunked_nll_sum
+        from ..lm_head import LogitTransform, chunked_nll_sum, decoder_hidden
 
         head = model.get_output_embeddings()
-        hidden = model.get_decoder()(input_ids=windows_ids, use_cache=False).last_hidden_state  # [B, W, H]
+        hidden = decoder_hidden(model, input_ids=windows_ids, use_cache=False)  # [B, W, H]
         hidden = hidden[:, -(scored + 1) : -1]  # [B, scored, H]: position t predicts token t + 1
         return float(chunked_nll_sum(hidden, head.weight, targets, bias=head.bias,
                                      transform=LogitTransform.from_config(model.config)))

@@ -12,19 +12,7 @@ from .. import __version__
 from ..loading import is_hub_id
 from ..rope.methods import METHODS
 from ..rope.plan import RopePatch
-
-READERS = {
-    "pi": "vLLM derives the window as max_position_embeddings x factor; llama.cpp's converter writes "
-    "linear scaling, pass `-c {window}` to use the whole window.",
-    "ntk": "a plain rope_theta change: every reader takes it as is.",
-    "dynamic-ntk": "transformers recomputes the frequencies per length; vLLM and llama.cpp do not "
-    "implement dynamic NTK the same way (llama.cpp converts it as plain RoPE).",
-    "ntk-by-parts": "vLLM releases that ignore `attention_factor` apply YaRN's attention scale anyway.",
-    "yarn": "vLLM and llama.cpp read YaRN natively.",
-    "dynamic-yarn": "stock configs cannot express dynamic YaRN: readers load static YaRN at the full factor.",
-    "llama3": "vLLM and llama.cpp read llama3 scaling natively.",
-    "longrope": "readers switch from short_factor to long_factor past the original window.",
-}
+from ..rope.readers import READER_VERSIONS
 
 
 def _value(value: Any) -> str:
@@ -32,6 +20,17 @@ def _value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return f"[{len(value)} values, {min(value):g} to {max(value):g}]"
     return f"{value:g}"
+
+
+def _readers(notes: Sequence[str], patch: RopePatch) -> str:
+    """The card's Readers section: what each serving engine does with this config."""
+    tested = "; ".join(READER_VERSIONS.values())
+    if not notes:
+        return (f"## Readers\n\nvLLM and llama.cpp read this config as written: window {patch.window:,}, the same "
+                f"frequencies and attention scale as transformers (checked with {tested}).")
+    lines = "\n".join(f"- {note}" for note in notes)
+    return (f"## Readers\n\nWhere a reader runs this config differently from transformers v5 (checked with "
+            f"{tested}):\n\n{lines}")
 
 
 def _table(rows: Sequence[tuple[str, Any]]) -> str:
@@ -46,8 +45,10 @@ def render_model_card(
     name: str | None = None,
     recipe: Mapping[str, Any] | None = None,
     results: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
 ) -> str:
-    """Markdown for README.md. `recipe` and `results` are free-form key -> value sections."""
+    """Markdown for README.md. `recipe` and `results` are free-form key -> value sections; `notes` are the
+    reader warnings of ctxext.rope.readers for the written config."""
     scaling = patch.scaling
     method = METHODS[scaling.method]
     title = name or f"{source.rstrip('/').split('/')[-1]}-{scaling.method}-x{scaling.factor:g}"
@@ -79,8 +80,8 @@ def render_model_card(
         "## Load\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         'model = AutoModelForCausalLM.from_pretrained("PATH")\ntokenizer = AutoTokenizer.from_pretrained("PATH")\n```\n\n'
         "The config carries both spellings (`rope_parameters` for transformers v5; `rope_scaling` + "
-        "`rope_theta` for v4), so either version loads the same frequencies without ctxext. "
-        + READERS[scaling.method].format(window=patch.window),
+        "`rope_theta` for v4), so either version loads the same frequencies without ctxext.",
+        _readers(notes, patch),
     ]
     if recipe:
         parts.append("## Fine-tuning recipe\n\n" + _table(list(recipe.items())))

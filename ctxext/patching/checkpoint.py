@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ..loading import check_files, check_source, is_local
 from ..rope.methods import Scaling, resolve
 from ..rope.plan import RopePatch, patched_config_dict, plan_patch
 from ..rope.layout import read_layout
+from ..rope.readers import ReaderWarning, reader_notes
 
 #: files at least this large are hard-linked (weights); smaller ones are copied (and so independent)
 LINK_THRESHOLD = 1 << 20
@@ -108,7 +110,8 @@ def patch_checkpoint(
 
     Same arguments and rules as `patch_model` (replace=True discards an existing scaling), plus
     `overwrite` to replace an existing `dst` and `revision` for hub sources. Everything is validated
-    before the output is created; on any error nothing is left behind.
+    before the output is created; on any error nothing is left behind. Warns (ReaderWarning) where a
+    reader would run the result differently from transformers v5 (see ctxext.rope.readers).
     """
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
     source = check_source(src)  # a local folder checked, or a hub id's shape (nothing downloaded yet)
@@ -131,6 +134,9 @@ def patch_checkpoint(
                 target = tmp / "README.base.md"
             _carry(path, target)
         atomic_write_text(tmp / "config.json", json.dumps(new_config, indent=2, ensure_ascii=False) + "\n")
-        card = render_model_card(str(src), patch, name=dst.name)
+        notes = reader_notes(new_config)
+        card = render_model_card(str(src), patch, name=dst.name, notes=notes)
         atomic_write_text(tmp / "README.md", card)
+    for note in notes:
+        warnings.warn(note, ReaderWarning, stacklevel=2)
     return dst

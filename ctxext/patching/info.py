@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from ..io import save_figure
 from ..rope.methods import Scaling, resolve
 from ..rope.layout import RopeLayout, read_layout
+from ..rope.readers import reader_notes
 
 #: file kinds `ctxext info --plot` writes (matplotlib's, less those that need LaTeX or are raw buffers)
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "eps", "tif", "tiff")
@@ -39,6 +40,8 @@ def describe(config: Mapping[str, Any]) -> dict[str, Any]:
         "window": layout.window,
         "max_position_embeddings": layout.max_position_embeddings,
         "ctxext": dict(layout.metadata) if layout.metadata else None,
+        # one sentence per reader that runs this config differently from transformers v5
+        "readers": reader_notes(config),
     }
 
 

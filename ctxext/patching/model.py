@@ -28,6 +28,7 @@ from ..rope.methods import Scaling, resolve
 from ..rope.functions import compute_inv_freq, default_inv_freq
 from ..rope.layout import GLOBAL, RopeConfigError, RopeLayout, read_layout
 from ..rope.plan import REMOVE, RopePatch, patched_config_dict, plan_patch
+from ..rope.readers import ReaderWarning, reader_notes
 
 
 @dataclass
@@ -284,6 +285,8 @@ def patch_model(
     `factor=1` with `replace=True` restores the unscaled model.
 
     Raises ValueError/TypeError with a sentence on bad input, and then leaves the model untouched.
+    Warns (ReaderWarning, one sentence each) where vLLM, llama.cpp or transformers v4 would run a saved
+    checkpoint differently (see ctxext.rope.readers).
     """
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
     return _patch(model, scaling, lambda layout: plan_patch(layout, scaling, replace=replace))
@@ -350,8 +353,8 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
             # what stock transformers builds from the written config (dynamic-yarn: static yarn at factor)
             expected[layer_type] = compute_inv_freq(**_frequency_args(patch, layer_type, stored))
             # dynamic methods start from the original window; they grow at run time
-            if patch.encoding[layer_type].method == "dynamic-yarn":
-                args = _frequency_args(patch, layer_type, patch.encoding[layer_type])
+            if patch.scaling.method == "dynamic-yarn":  # what the hook computes, however the config spells it
+                args = _frequency_args(patch, layer_type, patch.scaling)
                 inv_freq, scale = compute_inv_freq(**args)
             else:
                 args, (inv_freq, scale) = None, expected[layer_type]
@@ -365,6 +368,10 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
             f"saved from this model loads in stock transformers as static yarn at factor {scaling.factor:g}.",
             stacklevel=2,
         )
+    notes = {note for config, patch in plans.values()
+             for note in reader_notes(patched_config_dict(config.to_dict(), patch))}
+    for note in sorted(notes):
+        warnings.warn(note, ReaderWarning, stacklevel=2)
     for config, patch in plans.values():
         _apply_config(config, patch)
     dynamic_args: dict[int, dict] = {}
@@ -378,6 +385,8 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
         if hasattr(module, f"{prefix}long_inv_freq"):
             delattr(module, f"{prefix}long_inv_freq")  # stock longrope caches it; rebuilt from the new config
         rope_type = patch.rope[layer_type]["rope_type"]
+        if args is not None and not patch.scaling.is_identity:
+            rope_type = "yarn"  # dynamic-yarn's hook sets the frequencies; stock's own run-time update must not
         if layer_type is GLOBAL:
             module.rope_type = rope_type
         else:

@@ -4,6 +4,7 @@ layout and the patch plan.
 Torch-free except the frequency functions (`ctxext.rope.functions`), which load torch on first use:
 
     from ctxext.rope import resolve, read_layout, plan_patch      # no torch
+    from ctxext.rope import reader_notes                           # what vLLM / llama.cpp would get wrong
     from ctxext.rope import compute_inv_freq, ROPE_FUNCTIONS       # torch
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from .layout import RopeConfigError, RopeLayout, read_layout
 from .methods import METHOD_CHOICES, METHODS, Method, Scaling, resolve
 from .plan import RopePatch, patched_config_dict, plan_patch
+from .readers import READER_RULES, ReaderWarning, reader_notes
 
 _FUNCTIONS = ("ROPE_FUNCTIONS", "compute_inv_freq", "default_inv_freq", "wavelengths", "yarn_ramp",
               "pi", "ntk", "dynamic_ntk", "ntk_by_parts", "yarn", "dynamic_yarn", "llama3", "longrope",

@@ -62,6 +62,7 @@ class RopeLayout:
     section: str | None = None  # None = top level; "text_config" for composite models
     v4_spelling: bool = False  # the config carries transformers v4 keys (rope_scaling, rope_theta...)
     null_head_dim: bool = False  # the config says head_dim: null (derived from hidden_size / num_attention_heads)
+    layer_rope_theta: tuple | None = None  # Granite-SWA: each layer finds its rope by this rope_theta (0 = NoPE)
 
     @property
     def rotary_dim(self) -> int:
@@ -329,6 +330,7 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         metadata=cfg.get("ctxext"),
         section=section,
         null_head_dim="head_dim" in cfg and cfg["head_dim"] is None,
+        layer_rope_theta=tuple(cfg["layer_rope_theta"]) if isinstance(cfg.get("layer_rope_theta"), list) else None,
         v4_spelling=any(k in cfg for k in ("rope_scaling", "rope_theta", "rotary_emb_base", "rope_local_base_freq")),
     )
     if not layout.targets:

@@ -153,6 +153,10 @@ class Scaling:
         return Scaling(self.method, self.factor, self.params, _check_window(original_max_position_embeddings))
 
 
+#: parameters that hold one number per rotary frequency
+SEQUENCE_PARAMS = ("long_factor", "short_factor")
+
+
 def scaled_window(original_max_position_embeddings: int, factor: float) -> int:
     """The window `factor` x an original window reaches, in whole tokens: the one place it is computed."""
     return int(round(original_max_position_embeddings * factor))
@@ -161,10 +165,6 @@ def scaled_window(original_max_position_embeddings: int, factor: float) -> int:
 def is_identity(factor: float) -> bool:
     """The identity scaling: a factor of 1 leaves RoPE as it is, whatever the method (the one definition)."""
     return factor <= 1.0
-
-
-#: parameters that hold one number per rotary frequency
-SEQUENCE_PARAMS = ("long_factor", "short_factor")
 
 
 def canonical_method(method: str) -> str:

@@ -4,14 +4,17 @@ Torch-free: it works on the plain dict of a `config.json` (checkpoint patching, 
 a live config's `to_dict()` (in-memory patching), so both paths share one set of rules.
 
 The window rule (which `max_position_embeddings` each method writes) exists because readers derive
-the window differently: vLLM multiplies `max_position_embeddings` by `factor` for `linear` and
-`dynamic`, takes `original_max_position_embeddings * factor` for `yarn` (newer vLLM: the
-`max_position_embeddings` itself) and uses `max_position_embeddings` as is for `llama3` and for any
-Gemma 3; stock `dynamic` reads `max_position_embeddings` as the ORIGINAL window. So:
+the window differently (measured with vLLM 0.32 and llama.cpp's converter from llama-cpp-python
+0.3.36): vLLM multiplies `max_position_embeddings` by `factor` for `linear` and `dynamic` and takes
+it as is for `yarn`, `llama3`, `longrope` and any Gemma 3; llama.cpp's GGUF `context_length` is
+`max_position_embeddings` as is; stock `dynamic` reads it as the ORIGINAL window. So PI is spelled
+as llama3 (the same frequencies) where llama.cpp's converter reads llama3 (Llama, Mistral), and:
 
 | method        | rope_type written          | max_position_embeddings | every reader then sees |
 | ------------- | -------------------------- | ----------------------- | ---------------------- |
-| pi            | linear                     | L0 (Gemma 3: L0 x s)    | window L0 x s          |
+| pi (Llama)    | llama3, every band divided | L0 x s                  | window L0 x s          |
+|   on Gemma 3  | linear                     | L0 x s                  | window L0 x s          |
+|   elsewhere   | linear                     | L0                      | llama.cpp: needs -c    |
 | ntk           | default, rope_theta raised | L0 x s                  | window L0 x s          |
 | dynamic-ntk   | dynamic                    | L0 (Gemma 3 too)        | window L0 x s          |
 | ntk-by-parts  | yarn, attention_factor 1.0 | L0 x s                  | window L0 x s          |
@@ -19,6 +22,8 @@ Gemma 3; stock `dynamic` reads `max_position_embeddings` as the ORIGINAL window.
 | dynamic-yarn  | yarn (static at s)         | L0 x s                  | static YaRN at s       |
 | llama3        | llama3                     | L0 x s                  | window L0 x s          |
 | longrope      | longrope                   | L0 x s                  | window L0 x s          |
+
+What a reader still gets wrong is in `ctxext.rope.readers` (one table), and said when patching.
 
 Stock dynamic NTK reads `max_position_embeddings` as the original window on every model type
 (Gemma 3 included), so dynamic-ntk always writes L0 there.
@@ -45,6 +50,7 @@ from typing import Any, Mapping
 from .._compat import speaks_transformers_v4
 from .layout import GLOBAL, WINDOW_IS_SCALED_TYPES, RopeConfigError, RopeLayout
 from .methods import Scaling, attention_factor, longrope_attention_factor, ntk_rope_theta
+from .readers import LLAMA_CPP_LLAMA3_TYPES
 
 #: keys of a rope dict that describe a scaling (dropped when a scaling is replaced)
 SCALING_KEYS = frozenset(
@@ -87,6 +93,10 @@ LENGTH_BLIND_TYPES = frozenset({"phimoe"})
 #: model types whose stock rotary forward scales cos/sin by these config keys instead of the rope's own
 #: attention factor (Phi-3.5-MoE's short_mscale / long_mscale): written with the method's attention factor
 MSCALE_KEYS = {"phimoe": ("short_mscale", "long_mscale")}
+
+#: rope-dict keys whose model reads original_max_position_embeddings next to them whatever the rope type
+#: (Ministral 3's Llama-4 attention temperature, 1 + beta ln(1 + position / original window))
+ORIGINAL_READERS = ("llama_4_scaling_beta",)
 
 #: model types whose transformers v4 config takes a rope_scaling of exactly type, short_factor, long_factor
 V4_THREE_KEY_LONGROPE = frozenset({"phi3"})
@@ -137,15 +147,30 @@ class RopePatch:
 
 
 def window_rule(scaling: Scaling, model_type: str) -> int:
-    """max_position_embeddings to write so that each reader derives `scaling.window` (its window set)."""
+    """max_position_embeddings to write for the encoded `scaling` so that each reader derives its window."""
     original = scaling.original_max_position_embeddings
-    if scaling.is_identity:
-        return original
-    if scaling.method == "dynamic-ntk":
-        return original  # stock dynamic reads it as the original window, on every model type
+    if scaling.is_identity or scaling.method == "dynamic-ntk":
+        return original  # stock dynamic NTK reads it as the original window, on every model type
     if scaling.method == "pi" and model_type not in WINDOW_IS_SCALED_TYPES:
-        return original  # vLLM multiplies by factor
+        return original  # written as linear, which vLLM multiplies by factor (llama.cpp then needs -c)
     return scaling.window
+
+
+def _pi_as_llama3(scaling: Scaling) -> Scaling:
+    """PI spelled as Llama 3's rule with every band interpolated: the same frequencies, bit for bit.
+
+    Written as `linear`, PI cannot give every reader its window: vLLM multiplies max_position_embeddings
+    by the factor for linear (so it must say L0) and llama.cpp takes it as is (so it must say L0 x s).
+    llama3 is read by both without multiplying. Its rule divides by `factor` every frequency whose
+    wavelength exceeds L0 / low_freq_factor; with low_freq_factor = L0 that is one token, shorter than
+    any wavelength (the shortest is 2 pi), so all frequencies are divided, as PI does. Only for the
+    model types whose llama.cpp converter writes llama3 scaling (ctxext.rope.readers); elsewhere PI
+    stays linear at L0, which vLLM gets right and llama.cpp runs with the right frequencies once given
+    its window with -c (said as a warning).
+    """
+    L0 = scaling.original_max_position_embeddings
+    params = {"low_freq_factor": float(L0), "high_freq_factor": float(2 * L0)}
+    return Scaling("llama3", scaling.factor, params, L0)
 
 
 def _encode(layout: RopeLayout, scaling: Scaling, theta: float) -> Scaling:
@@ -166,6 +191,8 @@ def _encode(layout: RopeLayout, scaling: Scaling, theta: float) -> Scaling:
         )
     allowed = STOCK_ROPE_TYPES.get(model_type)
     written = "default" if scaling.is_identity else (scaling.spec.rope_type or "yarn")
+    if scaling.method == "pi" and not scaling.is_identity and model_type in LLAMA_CPP_LLAMA3_TYPES:
+        return _pi_as_llama3(scaling)
     if not allowed or written in allowed:
         return scaling
     if "longrope" in allowed and scaling.method in PER_DIMENSION:
@@ -215,11 +242,16 @@ def _rope_dict(
         new.update(rope_type="longrope", factor=s, original_max_position_embeddings=L0)
         new.update(long_factor=list(p["long_factor"]), short_factor=list(p["short_factor"]),
                    attention_factor=attention_factor(scaling))
+        if new["attention_factor"] != longrope_attention_factor(s, L0):
+            # vLLM ignores attention_factor for longrope but reads Phi-3.5-MoE's short_mscale / long_mscale
+            new.update(short_mscale=new["attention_factor"], long_mscale=new["attention_factor"])
     else:  # pragma: no cover - guarded by the registry
         raise AssertionError(method)
     if not scaling.is_identity:
         for key in MSCALE_KEYS.get(model_type, ()):
             new[key] = attention_factor(scaling)
+    if (model_type in MSCALE_KEYS and not scaling.is_identity) or any(k in old for k in ORIGINAL_READERS):
+        new["original_max_position_embeddings"] = L0  # read by the model's forward whatever the rope type
     order = ["rope_type", "rope_theta", "factor", "original_max_position_embeddings"]
     return {k: new[k] for k in order if k in new} | {k: v for k, v in new.items() if k not in order}
 
@@ -280,7 +312,7 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
         rope[layer_type] = _rope_dict(encoding[layer_type], old, thetas[layer_type], layout.rotary_dim,
                                       layout.model_type)
 
-    window = window_rule(scaling, layout.model_type)
+    window = window_rule(next(iter(encoding.values())), layout.model_type)
     main = rope[layout.targets[0]]
     top: dict[str, Any] = {}
     speaks_v4 = speaks_transformers_v4(layout.model_type) or layout.v4_spelling
@@ -298,6 +330,11 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
         # a model type transformers v4 never had (or a per-layer one): v5 configs without a v4
         # converter would read any rope_scaling key as a replacement for rope_parameters
         top["rope_scaling"] = REMOVE
+    if layout.layer_rope_theta:
+        # Granite-SWA's layers look their rotary embedding up by rope_theta: follow a raised one
+        old_theta = float(layout.main["rope_theta"])
+        top["layer_rope_theta"] = [main["rope_theta"] if t and float(t) == old_theta else t
+                                   for t in layout.layer_rope_theta]
     written = main.get("rope_type", "default")
     if "original_max_position_embeddings" in main or layout.top_level_original is not None:
         # longrope always: transformers v4 reads its original window only from the top level

@@ -2,8 +2,11 @@
 
     loss = causal_lm_loss(model, input_ids)          # = model(input_ids, labels=input_ids).loss
 
-The head itself (`chunked_cross_entropy`, `LogitTransform`) lives in `ctxext.lm_head`, shared with
-perplexity scoring; this module runs the decoder and hands its hidden states to it.
+The chunked head lives in `ctxext.lm_head`, shared with perplexity scoring; this module runs the
+decoder and hands its hidden states to the model's own final-logit code (`own_head`), chunk by
+chunk, so whatever an architecture does to its logits (Cohere's logit_scale, Granite's division and
+HyperCLOVA X's multiplication by logits_scaling, Falcon-H1's lm_head_multiplier, Gemma 2's softcap) is
+done exactly as its forward does it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from ..lm_head import (  # noqa: F401  (public names of this module since 0.1)
     IGNORE_INDEX,
     LogitTransform,
     chunked_cross_entropy,
+    chunked_head_loss,
+    decoder_hidden,
     default_chunk_size,
+    own_head,
     shifted_labels,
 )
 
@@ -33,17 +39,11 @@ def causal_lm_loss(
     mask or a cache, transformers reads a jump in position ids as the boundary between packed
     sequences and would stop tokens after a PoSE skip from attending to those before it.
     """
-    decoder = model.get_decoder()
-    head = model.get_output_embeddings()
     attention_mask = None if position_ids is None else torch.ones_like(input_ids)
-    hidden = decoder(
-        input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
-    ).last_hidden_state  # [B, T, H], after the final norm
-    return chunked_cross_entropy(
-        hidden,
-        head.weight,
-        shifted_labels(input_ids),
-        bias=head.bias,
-        chunk_size=chunk_size,
-        transform=LogitTransform.from_config(model.config),
-    )
+    hidden = decoder_hidden(
+        model, input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+    )  # [B, T, H], after the final norm
+    # what the head reads and may train: every trainable tensor (unused ones get no gradient; tied embeddings do)
+    head_params = [p for p in model.parameters() if p.requires_grad]
+    chunk_size = chunk_size or default_chunk_size(model.get_output_embeddings().weight.shape[0])
+    return chunked_head_loss(hidden, own_head(model), shifted_labels(input_ids), head_params, chunk_size)

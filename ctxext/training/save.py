@@ -68,6 +68,7 @@ def card_recipe(run: dict, log: list[dict], length: int, pose_target: int | None
 def write_output(output: Path, overwrite: bool, merged: Any, tokenizer: Any, run_dir: Path, source: str, patch: Any, recipe: dict) -> None:
     """OUTPUT/: merged weights, tokenizer, adapter/, train_log.jsonl and README.md, renamed into place whole."""
     from ..patching.card import render_model_card
+    from ..rope.readers import reader_notes
 
     with staged_directory(output, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp)
@@ -75,7 +76,8 @@ def write_output(output: Path, overwrite: bool, merged: Any, tokenizer: Any, run
             tokenizer.save_pretrained(tmp)
         shutil.copytree(run_dir / "adapter", tmp / "adapter")
         shutil.copy2(run_dir / LOG_NAME, tmp / LOG_NAME)
-        (tmp / "README.md").write_text(render_model_card(source, patch, recipe=recipe), encoding="utf-8")
+        (tmp / "README.md").write_text(render_model_card(source, patch, recipe=recipe,
+                                                             notes=reader_notes(merged.config.to_dict())), encoding="utf-8")
 
 
 def save_run(

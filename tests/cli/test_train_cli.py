@@ -94,7 +94,14 @@ def test_a_short_cli_run_writes_the_checkpoint(work, model_dir, capsys, monkeypa
         "tokenizer.json", "tokenizer_config.json", "train_log.jsonl",
     ]  # fmt: skip
     config = json.loads((work / "out" / "config.json").read_text())
-    assert config["rope_scaling"]["rope_type"] == "linear" and config["rope_scaling"]["factor"] == 2.0
+    # pi on Llama is spelled as llama3 with every band interpolated (what llama.cpp's converter reads):
+    # stock transformers must build the base frequencies divided by the factor from it
+    assert config["rope_scaling"]["rope_type"] == "llama3" and config["rope_scaling"]["factor"] == 2.0
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir).model.rotary_emb.inv_freq
+    tuned = AutoModelForCausalLM.from_pretrained(work / "out").model.rotary_emb.inv_freq
+    torch.testing.assert_close(tuned, base / 2.0)
     assert len((work / "out" / "train_log.jsonl").read_text().splitlines()) == 3
     assert not (work / "out.checkpoints").exists()
 

@@ -1,46 +1,55 @@
-"""patch_model over every causal LM with a rotary module that the installed transformers ships.
+"""patch_model over every causal LM with a rotary module that the installed transformers ships, every method.
 
-For each model type: build a tiny model from its config (MoE, MLA and hybrid keys shrunk too), check
-that it runs unpatched (else the tiny config, not ctxext, is at fault), patch with YaRN x8
-(replace=True, since some configs ship scaled), save, reload in stock transformers and compare
-logits over the whole new window.
+For each model type: build a tiny model from its config (tests/walk.py: MoE, MLA and hybrid keys shrunk
+too), check that it runs unpatched (else the tiny config, not ctxext, is at fault), then for every
+method: patch (replace=True, since some configs ship scaled), check the cos/sin its attention layers
+receive at lengths inside, at and past the original and the new window against ctxext's formulas
+(tests/runtime.py), save, reload in stock transformers and check again; for YaRN also compare logits
+over the whole new window.
 
-Every outcome is named per model type, for the installed transformers: the types ctxext refuses
-(REFUSED, with the words of their sentence) and those whose tiny model cannot be built or run
-unpatched (FIXTURE, with the reason); every other type must patch and reload exactly. So a new
-failure, a new refusal, a lost pass or a fixture that starts failing for another reason each fail
-the test; after a transformers upgrade, the report shows what moved.
+Every outcome is named, for the installed transformers: the types ctxext refuses (REFUSED, with the
+words of their sentence), the (type, method) pairs it refuses (REFUSED_METHOD), and the types whose
+tiny model cannot be built or run unpatched (FIXTURE, with the reason); everything else must patch,
+use the method's frequencies at run time and reload exactly. So a new failure, a new refusal, a lost
+pass or a fixture that starts failing for another reason each fail the test; after a transformers
+upgrade, the report shows what moved. Slow (~6 minutes on 2 cores): CI runs it.
 """
 
 import copy
-import importlib
 import tempfile
 import warnings
 
+import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
-from transformers.models.auto.configuration_auto import model_type_to_module_name
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers import AutoModelForCausalLM
 
 import ctxext
-from ctxext.rope.layout import RopeConfigError
-from tiny import ARCHITECTURES, OVERRIDES, SMALL, token_ids
+from ctxext.rope.layout import RopeConfigError, read_layout
+from runtime import Expectation, check_lengths
+from tiny import ARCHITECTURES, SMALL, token_ids
+from walk import build, rotary_model_types
 
-SHRINK = dict(
-    num_experts=4, num_local_experts=4, n_routed_experts=4, moe_num_experts=4, num_experts_per_tok=2,
-    moe_intermediate_size=32, shared_expert_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
-    n_group=1, topk_group=1,
-)
-MAX_PARAMS = 5_000_000  # a tiny config that stays bigger than this builds a vision tower or the like: skipped
 L0 = SMALL["max_position_embeddings"]
+METHODS = ["pi", "ntk", "dynamic-ntk", "ntk-by-parts", "yarn", "dynamic-yarn", "llama3", "longrope"]
+LENGTHS = [L0 // 2, L0 + 1, 4 * L0, 8 * L0, 9 * L0, L0 // 2]
+#: hybrids whose reference (non-CUDA) mamba kernels take ~20 s a forward pass on CPU: one static and one
+#: dynamic method there keep the walk within the suite's budget
+SLOW_FORWARD = {"falcon_h1": ["yarn", "dynamic-ntk"]}
 
-#: model types ctxext refuses for YaRN x8, and the words their one-sentence error must contain
+#: model types ctxext refuses for every method, and the words their one-sentence error must contain
 REFUSED = {
     "beam": "no positional encoding (NoPE) on its global layers",
     "dory": "no positional encoding (NoPE) on its global layers",
     "gemma4_unified_text": "does not recognise the rotary embedding",
     "glm4_moe_lite": "does not recognise the rotary embedding",
     "jetmoe": "does not recognise the rotary embedding",
+}
+
+#: (model type, method) pairs refused on purpose, and the words of their sentence
+REFUSED_METHOD = {
+    ("phi3", "dynamic-ntk"): "accepts only rope types default, longrope",  # longrope cannot say it
+    ("phimoe", "dynamic-ntk"): "rebuilds its frequencies from the config without the current length",
+    ("phimoe", "dynamic-yarn"): "rebuilds its frequencies from the config without the current length",
 }
 
 #: model types whose tiny model cannot be built or run unpatched here (the fixture's limit, not ctxext's),
@@ -97,66 +106,79 @@ FIXTURE = {
 }
 
 
-def rotary_model_types() -> list[str]:
-    found = []
-    for model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        module = model_type_to_module_name(model_type)
-        try:
-            modeling = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
-        except Exception:
-            continue
-        if any(name.endswith("RotaryEmbedding") for name in vars(modeling)):
-            found.append(model_type)
-    return found
+def method_params(model, method: str) -> dict:
+    if method != "longrope":
+        return {}
+    half = read_layout(model.config.to_dict()).rotary_dim // 2
+    return {"long_factor": [1.0 + 7.0 * i / max(1, half - 1) for i in range(half)]}
 
 
-def check(model_type: str) -> tuple[str, str]:
-    """(outcome, detail): outcome is ok, refused, fixture (tiny config unusable) or FAILED."""
+def check(base, method: str) -> tuple[str, str]:
+    """(outcome, detail) for one method: ok, refused or FAILED."""
+    model = copy.deepcopy(base)
     try:
-        config = AutoConfig.for_model(model_type, **{**SMALL, **SHRINK, **OVERRIDES.get(model_type, {})})
-        with torch.device("meta"):
-            size = sum(p.numel() for p in AutoModelForCausalLM.from_config(copy.deepcopy(config)).parameters())
-        if size > MAX_PARAMS:
-            return "fixture", f"{size:,} parameters"
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config).eval()
-        with torch.no_grad():
-            model(token_ids(40))
-    except Exception as err:
-        return "fixture", f"{type(err).__name__}: {err}"[:160]
-    try:
+        layout = read_layout(model.config.to_dict())
+        params = method_params(model, method)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ctxext.patch_model(model, "yarn", 8, replace=True)
+            ctxext.patch_model(model, method, 8, replace=True, **params)
     except RopeConfigError as err:
         return "refused", str(err)
     except Exception as err:
         return "FAILED", f"patch_model raised {type(err).__name__}: {err}"
+    # what attention should get, from the window and thetas the patch started from
+    record = model.config.to_dict()["ctxext"]
+    expect = Expectation(method, 8.0, record["original_max_position_embeddings"], params, layout.rotary_dim,
+                         {(None if k == "global" else k): v for k, v in record["rope_theta"].items()}
+                         | {t: float(r["rope_theta"]) for t, r in layout.rope.items()
+                            if r is not None and t not in layout.targets},
+                         layout.targets)
     try:
-        ids = token_ids(8 * L0)
+        problems = check_lengths(model, expect, LENGTHS)
         with tempfile.TemporaryDirectory() as d, torch.no_grad():
             model.save_pretrained(d)
             reloaded = AutoModelForCausalLM.from_pretrained(d).eval()
-            diff = (model(ids).logits - reloaded(ids).logits).abs().max().item()
+            problems += [f"reloaded {p}" for p in check_lengths(reloaded, expect.reloaded(), LENGTHS)]
+            diff = 0.0
+            if method == "yarn":
+                ids = token_ids(8 * L0)
+                diff = (model(ids).logits - reloaded(ids).logits).abs().max().item()
     except Exception as err:
-        return "FAILED", f"save/reload raised {type(err).__name__}: {err}"
+        return "FAILED", f"run-time check or save/reload raised {type(err).__name__}: {err}"
+    if problems:
+        return "FAILED", f"{len(problems)} mismatches, first: {problems[0]}"
     # exact for the architectures the fast tests name; a few MoE kernels round differently by memory layout
     return ("ok", f"{diff:.1e}") if diff <= 1e-6 else ("FAILED", f"logits differ by {diff:.3g} after reload")
 
 
-def test_every_rotary_causal_lm():
-    outcomes = {model_type: check(model_type) for model_type in rotary_model_types()}
-    report = "\n".join(f"{t:28s} {o:8s} {d}" for t, (o, d) in sorted(outcomes.items()))
-    expected = {t: "refused" if t in REFUSED else "fixture" if t in FIXTURE else "ok" for t in outcomes}
-    moved = [f"{t}: expected {expected[t]}, got {o} ({d})" for t, (o, d) in sorted(outcomes.items()) if o != expected[t]]
-    assert not moved, "\n".join(moved) + "\n\n" + report
-    for t, (o, detail) in outcomes.items():
+@pytest.mark.slow
+def test_every_rotary_causal_lm_uses_every_method_at_run_time():
+    outcomes: dict[tuple[str, str], tuple[str, str]] = {}
+    fixtures = {}
+    for model_type in rotary_model_types():
+        base, why = build(model_type)
+        if base is None:
+            fixtures[model_type] = why
+            continue
+        for method in SLOW_FORWARD.get(model_type, METHODS):
+            outcomes[model_type, method] = check(base, method)
+    lines = [f"{t:28s} fixture  {d}" for t, d in sorted(fixtures.items())]
+    lines += [f"{t:28s} {m:13s} {o:8s} {d}" for (t, m), (o, d) in sorted(outcomes.items())]
+    report = "\n".join(lines)
+    moved = [f"{t}: expected a fixture problem, got one it did not name ({d})" for t, d in sorted(fixtures.items())
+             if t not in FIXTURE or not (d.startswith(FIXTURE[t]) or (FIXTURE[t] == "parameters"
+                                                                      and d.endswith("parameters")))]
+    moved += [f"{t}: expected its fixture to fail ({FIXTURE[t]}), it built" for t in FIXTURE
+              if t not in fixtures and any(k[0] == t for k in outcomes)]
+    for (t, m), (o, d) in sorted(outcomes.items()):
+        words = REFUSED.get(t) or REFUSED_METHOD.get((t, m))
+        expected = "refused" if words else "ok"
+        if o != expected or (words and words not in d):
+            moved.append(f"{t} {m}: expected {expected}{f' ({words})' if words else ''}, got {o} ({d})")
         if o == "refused":
-            assert REFUSED[t] in detail, (t, detail)
-            assert detail.endswith(".") and len(detail.splitlines()) == 1, (t, detail)
-        if o == "fixture":
-            assert detail.startswith(FIXTURE[t]) or (FIXTURE[t] == "parameters" and detail.endswith("parameters")), (t, detail)
-    ok = {t for t, (o, _) in outcomes.items() if o == "ok"}
-    assert set(ARCHITECTURES) <= ok, report  # phi3 included: yarn is written there as longrope
-    assert len(ok) >= 60, report
+            assert d.endswith(".") and len(d.splitlines()) == 1, (t, m, d)
+    assert not moved, "\n".join(moved) + "\n\n" + report
+    ok = {k for k, (o, _) in outcomes.items() if o == "ok"}
+    assert {(a, m) for a in ARCHITECTURES for m in METHODS} - set(REFUSED_METHOD) <= ok, report
+    assert len({t for t, m in ok if m == "yarn"}) >= 60, report
     print(report)

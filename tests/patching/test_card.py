@@ -2,10 +2,11 @@
 
 import pytest
 
-from ctxext.patching.card import READERS, render_model_card
+from ctxext.patching.card import render_model_card
 from ctxext.rope.layout import read_layout
 from ctxext.rope.methods import METHODS, resolve
-from ctxext.rope.plan import plan_patch
+from ctxext.rope.plan import patched_config_dict, plan_patch
+from ctxext.rope.readers import reader_notes
 
 LLAMA2 = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, "max_position_embeddings": 4096,
           "rope_theta": 10000.0}
@@ -17,7 +18,9 @@ GEMMA3 = {"model_type": "gemma3_text", "head_dim": 256, "max_position_embeddings
 def card(config, method, factor, source="meta-llama/Llama-2-7b-hf", **kwargs):
     layout = read_layout(config)
     params = {"long_factor": [float(factor)] * (layout.rotary_dim // 2)} if method == "longrope" else {}
-    return render_model_card(source, plan_patch(layout, resolve(method, factor, **params)), **kwargs)
+    patch = plan_patch(layout, resolve(method, factor, **params))
+    kwargs.setdefault("notes", reader_notes(patched_config_dict(config, patch)))
+    return render_model_card(source, patch, **kwargs)
 
 
 def test_the_card_names_method_factor_windows_and_what_was_written():
@@ -28,15 +31,22 @@ def test_the_card_names_method_factor_windows_and_what_was_written():
                 "| rope_type written | `yarn` |", "| max_position_embeddings | 32,768 |",
                 "| parameters | `beta_fast=32`, `beta_slow=1` |"]:
         assert row in text, row
-    assert "to reach 32,768 tokens" in text and READERS["yarn"] in text
+    assert "to reach 32,768 tokens" in text
+    assert "## Readers\n\nvLLM and llama.cpp read this config as written: window 32,768" in text
     assert "## Fine-tuning recipe" not in text and "## Evaluation" not in text
 
 
-def test_the_written_window_and_the_readers_note_follow_the_method():
-    text = card(LLAMA2, "pi", 4)
-    assert "| new window | 16,384 tokens |" in text and "| max_position_embeddings | 4,096 |" in text  # vLLM's rule
-    assert "pass `-c 16384` to use the whole window" in text
-    assert set(READERS) == set(METHODS)  # every method says how readers take it
+def test_the_written_window_and_the_readers_notes_follow_the_method():
+    text = card(LLAMA2, "pi", 4)  # spelled as llama3 on Llama: every reader takes its window as is
+    assert "| new window | 16,384 tokens |" in text and "| max_position_embeddings | 16,384 |" in text
+    assert "| rope_type written | `llama3` |" in text and "read this config as written" in text
+    qwen = dict(LLAMA2, model_type="qwen2")  # linear there, at L0 for vLLM: llama.cpp is told its window
+    text = card(qwen, "pi", 4)
+    assert "| max_position_embeddings | 4,096 |" in text
+    assert "## Readers" in text and "- llama.cpp takes its window (GGUF context_length) from max_position_embeddings" \
+        " = 4,096, not 16,384; pass -c 16384." in text
+    text = card(LLAMA2, "dynamic-ntk", 4)
+    assert "- llama.cpp converts dynamic NTK as plain RoPE" in text and "- vLLM serves dynamic NTK" in text
 
 
 def test_a_local_source_has_no_base_model_and_layer_types_are_named(tmp_path):

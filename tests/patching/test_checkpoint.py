@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 import ctxext
 import ctxext.patching.checkpoint
 from ctxext.patching.checkpoint import patch_checkpoint
+from ctxext.rope.readers import ReaderWarning, reader_notes
 from ctxext.cli import main
 from checkpoints import save_checkpoint
 from tiny import token_ids
@@ -48,8 +50,19 @@ def test_cli_output_reloads_like_the_in_memory_patch(arch, method, sources, tmp_
     out = tmp_path / "out"
     code, stdout, stderr = run_cli("patch", sources[arch], "--method", method, "--factor", 8, "--output", out,
                                    capsys=capsys)
-    assert code == 0 and stderr == "" and f"window {L0} -> {8 * L0:,} tokens" in stdout
-    in_memory = ctxext.patch_model(AutoModelForCausalLM.from_pretrained(sources[arch]).eval(), method, 8)
+    assert code == 0 and f"window {L0} -> {8 * L0:,} tokens" in stdout
+    # stderr: nothing but one line per reader that would run the output differently (ctxext.rope.readers)
+    notes = reader_notes(json.loads((out / "config.json").read_text()))
+    assert stderr == "".join(f"warning: {note}\n" for note in notes)
+    # measured by tests/readers/: llama.cpp drops GPT-NeoX's rope settings, dynamic NTK and ntk-by-parts' scale,
+    # and llama3 outside its Llama converter; pi is llama3 on Llama, linear at L0 (llama.cpp needs -c) elsewhere
+    # but on Gemma 3, whose window vLLM does not multiply
+    warned = (arch == "gpt_neox" or method in ("dynamic-ntk", "ntk-by-parts") or (method == "llama3" and arch != "llama")
+              or (method == "pi" and arch not in ("llama", "gemma3_text")))
+    assert bool(notes) == warned, notes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReaderWarning)
+        in_memory = ctxext.patch_model(AutoModelForCausalLM.from_pretrained(sources[arch]).eval(), method, 8)
     # the output's stock AutoConfig builds the same rotary module as the in-memory patch
     stock = type(rotary(in_memory))(AutoConfig.from_pretrained(out))
     for name, buffer in rotary(in_memory).named_buffers():
@@ -77,7 +90,11 @@ def test_longrope_from_the_cli_reloads_like_the_in_memory_patch(arch, tmp_path, 
     code, stdout, stderr = run_cli("patch", src, "--method", "longrope", "--factor", 8, "--long-factor",
                                    tmp_path / "long.json", "--short-factor", ",".join(map(str, short)),
                                    "--output", out, capsys=capsys)
-    assert code == 0 and stderr == "", stderr
+    assert code == 0, stderr
+    readers = [line.split()[1] for line in stderr.splitlines()]
+    assert all(line.startswith("warning: ") for line in stderr.splitlines())
+    # vLLM picks one factor set per run; llama.cpp keeps longrope factors for Phi-3 only
+    assert readers == (["llama.cpp", "vLLM"] if arch != "phi3" else ["llama.cpp", "vLLM"])
     saved = json.loads((out / "config.json").read_text())
     assert saved["rope_parameters"]["long_factor"] == long and saved["rope_parameters"]["short_factor"] == short
     assert saved["max_position_embeddings"] == 8 * L0 and saved["original_max_position_embeddings"] == L0
@@ -97,7 +114,11 @@ def test_phi3_checkpoints_take_static_methods_as_longrope(method, tmp_path, caps
     code, stdout, stderr = run_cli("patch", src, "--method", method, "--factor", 8, "--output", out, capsys=capsys)
     assert code == 0, stderr
     assert json.loads((out / "config.json").read_text())["rope_parameters"]["rope_type"] == "longrope"
-    in_memory = ctxext.patch_model(AutoModelForCausalLM.from_pretrained(src).eval(), method, 8)
+    # an explicit attention factor: transformers v4's Phi-3 refuses it, llama.cpp uses its own
+    assert [line.split()[1] for line in stderr.splitlines()] == ["transformers", "llama.cpp", "vLLM"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReaderWarning)
+        in_memory = ctxext.patch_model(AutoModelForCausalLM.from_pretrained(src).eval(), method, 8)
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = token_ids(8 * L0)
     with torch.no_grad():

@@ -73,3 +73,32 @@ def test_info_bad_input(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["info", str(src), "--plot", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+def test_info_and_the_card_say_what_each_reader_gets_wrong(tmp_path, capsys):
+    """One line per reader that runs the checkpoint differently: in `patch`, `info`, --json and the model card."""
+    src = save_checkpoint(tmp_path / "llama", "llama")
+    assert main(["patch", str(src), "--method", "dynamic-ntk", "--factor", "8", "--output", str(tmp_path / "d")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split()[:2] for line in err] == [["warning:", "llama.cpp"], ["warning:", "vLLM"]]
+    assert main(["info", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("warning: ")] == err
+    assert main(["info", str(tmp_path / "d"), "--json"]) == 0
+    assert ["warning: " + note for note in json.loads(capsys.readouterr().out)["readers"]] == err
+    card = (tmp_path / "d" / "README.md").read_text()
+    assert "## Readers" in card and all(f"- {line[len('warning: '):]}" in card for line in err)
+    # a portable method: nothing to warn about, and the card says who reads it as written
+    assert main(["patch", str(src), "--method", "yarn", "--factor", "8", "--output", str(tmp_path / "y")]) == 0
+    assert capsys.readouterr().err == ""
+    assert "vLLM and llama.cpp read this config as written: window 512" in (tmp_path / "y" / "README.md").read_text()
+
+
+def test_info_summarises_longrope_factor_lists(tmp_path, capsys):
+    src = save_checkpoint(tmp_path / "llama", "llama")
+    assert main(["patch", str(src), "--method", "longrope", "--factor", "4", "--long-factor", "1,1,1,1,2,2,4,4",
+                 "--output", str(tmp_path / "l")]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "l")]) == 0
+    out = capsys.readouterr().out
+    assert "long_factor=[8 values, 1 to 4]" in out and "short_factor=[8 values, 1 to 4]" in out

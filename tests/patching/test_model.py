@@ -152,16 +152,18 @@ def test_each_spelling_alone_gives_the_same_frequencies(arch, method, tmp_path):
 
 
 def test_max_position_embeddings_follows_the_window_rule():
-    expected = {"pi": L0, "dynamic-ntk": L0, "ntk": 8 * L0, "yarn": 8 * L0, "ntk-by-parts": 8 * L0, "llama3": 8 * L0,
-                "longrope": 8 * L0}
+    # pi is spelled as llama3 (every band divided): vLLM and llama.cpp both take its window as is
+    expected = {"pi": 8 * L0, "dynamic-ntk": L0, "ntk": 8 * L0, "yarn": 8 * L0, "ntk-by-parts": 8 * L0,
+                "llama3": 8 * L0, "longrope": 8 * L0}
     for method, window in expected.items():
         model = tiny_model("llama")
         ctxext.patch_model(model, method, 8, **method_params(method, model))
         assert model.config.max_position_embeddings == window, method
         assert read_layout(model.config.to_dict()).window == 8 * L0
-    gemma = tiny_model("gemma3_text")  # vLLM does not multiply for Gemma 3
+    gemma = tiny_model("gemma3_text")  # vLLM does not multiply for Gemma 3: linear as is
     ctxext.patch_model(gemma, "pi", 8)
     assert gemma.config.max_position_embeddings == 8 * L0
+    assert gemma.config.rope_parameters["full_attention"]["rope_type"] == "linear"
     gemma = tiny_model("gemma3_text")  # but stock dynamic NTK reads it as the original window there too
     ctxext.patch_model(gemma, "dynamic-ntk", 8)
     assert gemma.config.max_position_embeddings == L0
@@ -418,6 +420,20 @@ def test_patch_model_returns_the_same_object():
     assert tiny_config("llama").max_position_embeddings == L0
 
 
+def test_a_scaling_that_stock_never_engages_is_refused(monkeypatch):
+    """The stock-reading check runs the stock rotary forward at several lengths: with the old window rule
+    (Gemma 3's dynamic NTK at max_position_embeddings = L0 x s) stock keeps the original frequencies."""
+    import ctxext.rope.plan as plan
+
+    monkeypatch.setattr(plan, "window_rule", lambda scaling, model_type: scaling.window)
+    model = tiny_model("gemma3_text")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="does not use the frequencies ctxext computes for dynamic-ntk at 65 tokens "
+                                         r"\(it keeps the original frequencies\)"):
+        ctxext.patch_model(model, "dynamic-ntk", 8)
+    assert_same_snapshot(before, snapshot(model))
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
 def test_a_patch_planned_once_applies_like_patch_model_without_planning_again(arch, monkeypatch):
     import ctxext.patching.model
@@ -453,17 +469,3 @@ def test_a_patch_planned_for_another_config_is_refused_and_changes_nothing():
     with pytest.raises(RopeConfigError, match="planned for another llama rope layout"):
         apply_patch(model, patch)
     assert model.config.to_dict() == before[0] and torch.equal(model.model.rotary_emb.inv_freq, before[1])
-
-
-def test_a_scaling_that_stock_never_engages_is_refused(monkeypatch):
-    """The stock-reading check runs the stock rotary forward at several lengths: with the old window rule
-    (Gemma 3's dynamic NTK at max_position_embeddings = L0 x s) stock keeps the original frequencies."""
-    import ctxext.rope.plan as plan
-
-    monkeypatch.setattr(plan, "window_rule", lambda scaling, model_type: scaling.window)
-    model = tiny_model("gemma3_text")
-    before = snapshot(model)
-    with pytest.raises(ValueError, match="does not use the frequencies ctxext computes for dynamic-ntk at 65 tokens "
-                                         r"\(it keeps the original frequencies\)"):
-        ctxext.patch_model(model, "dynamic-ntk", 8)
-    assert_same_snapshot(before, snapshot(model))

@@ -142,9 +142,13 @@ def test_gemma3_composite_config_patches_text_config_global_layers():
 def test_mistral_window_and_rules_per_method():
     layout = read_layout(MISTRAL_7B)
     assert not layout.is_scaled and layout.window == 32768
-    expected = {"pi": 32768, "dynamic-ntk": 32768, "ntk": 131072, "yarn": 131072, "llama3": 131072}
+    # pi is spelled as llama3 (every band divided), which vLLM and llama.cpp both take as is
+    expected = {"pi": 131072, "dynamic-ntk": 32768, "ntk": 131072, "yarn": 131072, "llama3": 131072}
     for method, window in expected.items():
         assert plan_patch(layout, resolve(method, 4)).max_position_embeddings == window, method
+    pi = plan_patch(layout, resolve("pi", 4)).rope_parameters
+    assert pi == {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 32768,
+                  "low_freq_factor": 32768.0, "high_freq_factor": 65536.0}
 
 
 @pytest.mark.parametrize("config,message", [

@@ -93,3 +93,109 @@ def test_default_chunk_holds_at_most_64_mib_of_float32_logits():
     for vocab, tokens in [(128, 131072), (32000, 512), (49152, 256), (128256, 128), (151936, 64)]:
         assert default_chunk_size(vocab) == tokens
         assert tokens * vocab * 4 <= 64 * 2**20
+
+
+def own_loss_and_grads(model, ids, chunk_size=16):
+    """ctxext's chunked loss and every parameter's gradient, next to the model's own forward(labels=...).
+
+    Both run as fine-tuning runs them: `config.use_cache = False` (ctxext.training.model sets it; a
+    looped model such as Dory shares keys and values through its cache), and the same random seed
+    before each, so dropout and router jitter draw the same masks in both. A gradient one side leaves
+    as None is compared as zeros.
+    """
+    model.config.use_cache = False
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.zero_grad()
+    torch.manual_seed(1234)
+    loss = causal_lm_loss(model, ids, chunk_size=chunk_size)
+    loss.backward()
+    ours = {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    torch.manual_seed(1234)
+    expected = model(ids, labels=ids).loss
+    expected.backward()
+    theirs = {n: torch.zeros_like(p) if p.grad is None else p.grad for n, p in model.named_parameters()}
+    return loss, expected, ours, theirs
+
+
+@pytest.mark.parametrize("model_type,key,value", [
+    ("hyperclovax", "logits_scaling", 4.0),   # stock multiplies by it (Granite divides)
+    ("falcon_h1", "lm_head_multiplier", 0.25),
+    ("granite", "logits_scaling", 4.0),
+    ("cohere", "logit_scale", 0.5),
+])
+def test_the_head_transform_is_the_architectures_own(model_type, key, value):
+    """Regression: the loss re-implemented transforms from config names (HyperCLOVA X divided, Falcon-H1 ignored)."""
+    from walk import build
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from tiny import OVERRIDES, SMALL
+    from walk import SHRINK
+
+    config = AutoConfig.for_model(model_type, **{**SMALL, **SHRINK, **OVERRIDES.get(model_type, {}), key: value})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).train()
+    ids = token_ids(24)
+    loss, expected, ours, theirs = own_loss_and_grads(model, ids, chunk_size=7)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        plain = causal_lm_loss(model, ids)  # evaluation path: no gradients kept
+    torch.testing.assert_close(plain, expected.detach(), rtol=1e-5, atol=1e-5)
+    for name, grad in theirs.items():
+        torch.testing.assert_close(ours[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("model_type", ["llama4_text", "modernbert-decoder"])
+def test_the_decoder_is_found_where_get_decoder_is_wrong(model_type):
+    """Regression: Llama 4's get_decoder() returns the causal LM itself, ModernBERT's its prediction head."""
+    from walk import build
+
+    from ctxext.lm_head import decoder_of
+
+    model, why = build(model_type)
+    assert model is not None, why
+    assert model.get_decoder() is model or not hasattr(model.get_decoder(), "config")  # the stock trap still there
+    assert decoder_of(model) is model.model
+    loss, expected, ours, theirs = own_loss_and_grads(model.train(), token_ids(16), chunk_size=5)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    for name, grad in theirs.items():
+        torch.testing.assert_close(ours[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_model_whose_forward_skips_its_decoder_is_refused():
+    model = tiny_model("llama")
+    decoder = model.get_decoder()
+
+    class Proxy(torch.nn.Module):  # runs the decoder, but is not what the model's forward calls
+        config = decoder.config
+
+        def forward(self, **kwargs):
+            return decoder(**kwargs)
+
+    model.get_decoder = Proxy
+    with pytest.raises(ValueError, match="cannot run LlamaForCausalLM's own output head"):
+        causal_lm_loss(model, token_ids(8))
+    assert "forward" not in vars(decoder)  # nothing left stubbed
+
+
+@pytest.mark.slow
+def test_every_rotary_causal_lm_gets_its_own_loss():
+    """The all-architectures walk: the chunked loss equals each model's own forward(labels=...), gradients too."""
+    from walk import build, rotary_model_types
+
+    failed, ok = {}, []
+    for model_type in rotary_model_types():
+        model, why = build(model_type)
+        if model is None:
+            continue
+        model.train()
+        try:
+            loss, expected, ours, theirs = own_loss_and_grads(model, token_ids(24), chunk_size=7)
+            torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+            for name, grad in theirs.items():
+                torch.testing.assert_close(ours[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+            ok.append(model_type)
+        except Exception as err:
+            failed[model_type] = f"{type(err).__name__}: {str(err)[:300]}"
+    assert not failed, "\n".join(f"{t}: {d}" for t, d in failed.items())
+    assert {"hyperclovax", "falcon_h1", "granite", "cohere", "gemma2"} <= set(ok) and len(ok) >= 60, ok
