@@ -39,6 +39,8 @@ _EXPORTS = {
     "CtxextError": "ctxext.errors",
     "evaluate_passkey": "ctxext.evaluation.passkey",
     "evaluate_perplexity": "ctxext.evaluation.perplexity",
+    "evaluate_ruler": "ctxext.evaluation.ruler",
+    "build_ruler_prompts": "ctxext.evaluation.ruler",
     "finetune": "ctxext.training.finetune",
     "TrainResult": "ctxext.training.finetune",
 }

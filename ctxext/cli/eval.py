@@ -1,4 +1,4 @@
-"""`ctxext eval passkey|perplexity`: a thin layer over ctxext.evaluation.passkey and ctxext.evaluation.perplexity."""
+"""`ctxext eval passkey|perplexity|ruler`: a thin layer over ctxext.evaluation.passkey, .perplexity and .ruler."""
 
 from __future__ import annotations
 
@@ -29,6 +29,27 @@ disjoint windows) and score only their new tokens. Writes DIR/perplexity.json an
 """
 
 
+RULER_EPILOG = """\
+examples:
+  ctxext eval ruler Qwen/Qwen2.5-0.5B --lengths 4096,8192,16384,32768 --output eval/ruler
+  ctxext eval ruler base/ yarn-x8/ tuned/ --lengths 4096,16384,32768 --tasks niah_single_1,niah_multikey_2,vt \\
+      --samples 50 --output eval/cmp
+  ctxext eval ruler base/ --lengths 8192 --qa-file squad-dev-v2.0.json --qa-file hotpot_dev_distractor_v1.json \\
+      --tasks qa_1,qa_2 --output eval/qa                 # your own SQuAD / HotpotQA files, nothing downloaded
+  ctxext eval ruler base/ --lengths 8192 --haystack my_book.txt --output eval/book   # your own essay haystack
+  ctxext eval ruler base/ --lengths 4096 --output eval/ruler --resume                # continue an interrupted run
+
+tasks (RULER's 13; default: the 11 that need no file, plus qa_1/qa_2 for the --qa-file shapes given):
+{tasks}
+
+A length counts the prompt and the task's generation budget, as RULER does. Scores are RULER's
+string match in percent; the effective length is the longest tested length at which the average
+over tasks, and the average at every shorter length, is at least --threshold (RULER's 85.6).
+Writes DIR/ruler.json (one record per sample; scores per task x length; averages; effective
+lengths), DIR/ruler_heatmap_<model>.png, DIR/ruler_average.png and DIR/report.md.
+"""
+
+
 def comma_list(kind):
     """argparse type: a comma-separated list of `kind` values ("1024,2048")."""
 
@@ -56,8 +77,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="passkey retrieval and perplexity vs length",
-                                   description="Evaluate models at long context: passkey retrieval and perplexity vs length.")
+    parser = subparsers.add_parser("eval", help="passkey retrieval, perplexity and RULER vs length",
+                                   description="Evaluate models at long context: passkey retrieval, perplexity and RULER vs length.")
     commands = parser.add_subparsers(title="evaluations", metavar="EVAL", parser_class=type(parser))
     parser.set_defaults(func=lambda args: parser.print_help())
 
@@ -92,6 +113,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             help="score the first T tokens of each document, T >= the longest length "
                                  "(default: the longest length); documents shorter than T are skipped")
     perplexity.set_defaults(func=run_perplexity)
+
+    from ..evaluation.ruler.tasks import TASKS
+
+    listing = "\n".join(f"  {name:<16} {task.description}" for name, task in TASKS.items())
+    ruler = commands.add_parser(
+        "ruler", help="RULER's tasks and the effective context length",
+        description="RULER (Hsieh et al. 2024): needle retrieval, variable tracking, word extraction and QA "
+                    "at each length, offline; scores per task and length and each model's effective length.",
+        epilog=RULER_EPILOG.format(tasks=listing), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(ruler)
+    ruler.add_argument("--tasks", type=comma_list(str), metavar="TASK,...", help="RULER tasks to run (default: see below)")
+    ruler.add_argument("--samples", type=positive_int, default=20, help="samples per task and length (default 20)")
+    ruler.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
+    ruler.add_argument("--threshold", type=number, default=85.6, help="score (percent) for the effective length (default 85.6)")
+    ruler.add_argument("--haystack", metavar="FILE", help="a UTF-8 text file of prose for the essay haystack (default: the shipped one)")
+    ruler.add_argument("--qa-file", action="append", metavar="FILE", dest="qa_files",
+                       help="a SQuAD- or HotpotQA-shaped JSON file for qa_1 / qa_2 (repeat for both)")
+    ruler.add_argument("--stop-at-newline", action="store_true", help="end each answer at its first line break (faster; RULER stops at EOS only)")
+    ruler.add_argument("--generate", action="store_true", help="decode with model.generate instead of the batched decoder (same answers, slower)")
+    ruler.set_defaults(func=run_ruler)
 
 
 def _quiet(args: argparse.Namespace) -> None:
@@ -138,4 +180,21 @@ def run_perplexity(args: argparse.Namespace) -> int:
         )
     print(perplexity_table(report))
     print(f"wrote {args.output}/perplexity.json and perplexity.png", file=sys.stderr)
+    return 0
+
+
+def run_ruler(args: argparse.Namespace) -> int:
+    from ..evaluation.common import one_line_warnings
+    from ..evaluation.ruler import evaluate_ruler, ruler_table
+
+    _quiet(args)
+    with one_line_warnings():
+        report = evaluate_ruler(
+            args.models, args.lengths, tasks=args.tasks, samples=args.samples, seed=args.seed, threshold=args.threshold,
+            haystack=args.haystack, qa_files=args.qa_files, output_dir=args.output, resume=args.resume,
+            overwrite=args.overwrite, generate=args.generate, stop_at_newline=args.stop_at_newline,
+            device=args.device, dtype=args.dtype, batch_size=args.batch_size, progress=not args.quiet,
+        )
+    print(ruler_table(report))
+    print(f"wrote {args.output}/ruler.json, report.md and the ruler_*.png plots", file=sys.stderr)
     return 0
