@@ -49,7 +49,7 @@ def make_batch(maker: DocumentMaker, ruler: RulerDocuments, rng: random.Random, 
         if rng.random() < ruler_fraction:
             prompt, answer = ruler.make(rng, WINDOW)
         else:
-            budget = WINDOW if rng.random() < 0.5 else rng.randint(96, WINDOW)
+            budget = WINDOW if rng.random() < 0.5 else rng.randint(128, WINDOW)
             prompt, answer = maker.make(rng, budget)
         ids = prompt + answer
         rows.append(ids + [pad] * (WINDOW - len(ids)))
@@ -81,7 +81,7 @@ def build_model(vocab_size: int, seed: int) -> LlamaForCausalLM:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=OUTPUT)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lm-weight", type=float, default=0.1)

@@ -76,9 +76,36 @@ def test_perplexity_command(tmp_path, checkpoint, book, capsys):
     assert stdout.splitlines()[0].split() == ["model", "64", "256"]
 
 
+def test_ruler_command_writes_results_plots_report_and_a_table(tmp_path, checkpoint, capsys):
+    out = tmp_path / "ruler"
+    common = ["eval", "ruler", str(checkpoint), "--lengths", "400,300", "--tasks", "niah_single_1,fwe", "--samples", "2",
+              "--output", str(out)]
+    code, stdout, stderr = run(capsys, *common, "--quiet")
+    assert code == 0, stderr
+    data = json.loads((out / "ruler.json").read_text())
+    assert [(s["task"], s["length"]) for s in data["summary"]] == [("niah_single_1", 300), ("niah_single_1", 400), ("fwe", 300), ("fwe", 400)]
+    assert len(data["results"]) == 2 * 2 * 2 and all(r["tokens"] + r["max_new_tokens"] == r["length"] for r in data["results"])
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "ruler.json", "ruler_average.png", "ruler_heatmap_" + checkpoint.name + ".png"]
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["model", "300", "400", "effective@85.6", "claimed"] and len(lines) == 3
+    assert lines[2].split()[0] == str(checkpoint).rstrip("/") and lines[2].split()[-1] == "256"
+    code, _, stderr = run(capsys, *common)
+    assert code == 2 and "--resume" in stderr
+    code, _, _ = run(capsys, *common, "--resume", "--quiet")
+    assert code == 0 and json.loads((out / "ruler.json").read_text())["results"] == data["results"]
+    helped = run(capsys, "eval", "ruler", "--help")
+    assert "niah_multikey_2" in helped[1] and "examples:" in helped[1]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["ruler", "{model}", "--lengths", "512", "--tasks", "needle"], "Unknown RULER task 'needle'"),
+        (["ruler", "{model}", "--lengths", "150"], "Length 150 is too short for RULER's niah_single_1"),
+        (["ruler", "{model}", "--lengths", "512", "--qa-file", "{book}"], "is not a QA file"),
+        (["ruler", "{model}", "--lengths", "512", "--tasks", "qa_2"], "HotpotQA-shaped file; pass one with --qa-file"),
+        (["ruler", "{model}", "--lengths", "512", "--haystack", "{tmp}/none.txt"], "Haystack file"),
+        (["ruler", "{model}", "--lengths", "512", "--samples", "0"], "--samples: expected a number greater than 0"),
         (["passkey", "{model}", "--lengths", "0"], "--lengths: expected a number greater than 0, got 0"),
         (["passkey", "{model}", "--lengths", "1k"], "--lengths: expected a whole number, got '1k'"),
         (["passkey", "{model}", "--lengths", "512", "--depths", "0.5,1.5"], "Depths must be numbers from 0"),

@@ -7,7 +7,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ctxext.cli import main
 from ctxext.demo.run import demo_model_path
+from ctxext.demo.synthetic import RULER_TASKS
 from ctxext.evaluation.passkey import evaluate_passkey
+from ctxext.evaluation.ruler import evaluate_ruler
+
+#: the embedded model's RULER average at its own window (6 samples x 3 tasks, seed 7), as measured less a margin
+RULER_AT_256 = 85.6
 
 
 def test_the_embedded_model_retrieves_inside_its_window_and_not_at_8x():
@@ -19,6 +24,11 @@ def test_the_embedded_model_retrieves_inside_its_window_and_not_at_8x():
                               seed=7, progress=False)
     accuracy = {row["length"]: row["accuracy"] for row in report["summary"]}
     assert accuracy[256] >= 0.95 and accuracy[2048] <= 0.2, accuracy
+    # RULER's needle tasks the demo reports: solved inside the window (fresh seed), lost at 8x
+    ruler = evaluate_ruler([("base", model, tokenizer)], [256, 2048], tasks=RULER_TASKS, samples=6, seed=7, progress=False)
+    average = {row["length"]: row["score"] for row in ruler["average"]}
+    assert average[256] >= RULER_AT_256 and average[2048] <= 20.0, average
+    assert ruler["effective_length"][0]["effective_length"] == 256
 
 
 @pytest.mark.slow
@@ -31,13 +41,18 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     names = ["base", "pi", "ntk", "yarn", "pi+lora", "yarn+lora"]
     assert [(r["model"], r["length"]) for r in report["rows"]] == [(n, L) for n in names for L in (256, 512, 1024, 2048)]
     for row in report["rows"]:
-        assert 0 <= row["accuracy"] <= 1 and row["perplexity"] > 1
+        assert 0 <= row["accuracy"] <= 1 and row["perplexity"] > 1 and 0 <= row["ruler"] <= 100
+    assert report["ruler"]["tasks"] == list(RULER_TASKS) and set(report["ruler"]["effective_length"]) == set(names)
+    assert report["ruler"]["claimed_window"]["base"] == 256 and report["ruler"]["claimed_window"]["yarn"] == 2048
     for name in names:
         assert name in printed
     for picture in ["passkey_accuracy.png", "perplexity.png"] + [f"passkey_heatmap_{n}.png" for n in ("base", "yarn")]:
         assert (out / picture).read_bytes()[:4] == b"\x89PNG", picture
     md = (out / "report.md").read_text()
     assert "| yarn+lora |" in md and "![accuracy vs length](passkey_accuracy.png)" in md
+    assert "![RULER average vs length](ruler/ruler_average.png)" in md and "RULER average" in printed
+    assert json.loads((out / "ruler" / "ruler.json").read_text())["settings"]["tasks"] == list(RULER_TASKS)
+    assert (out / "ruler" / "ruler_heatmap_yarn_lora.png").exists() and (out / "ruler" / "report.md").exists()
     assert (out / "models" / "yarn+lora" / "config.json").exists()
     # an existing output is refused, untouched
     assert main(["demo", "--quick", "--output", str(out)]) == 2
