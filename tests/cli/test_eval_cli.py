@@ -78,23 +78,27 @@ def test_perplexity_command(tmp_path, checkpoint, book, capsys):
 
 def test_ruler_command_writes_results_plots_report_and_a_table(tmp_path, checkpoint, capsys):
     out = tmp_path / "ruler"
-    common = ["eval", "ruler", str(checkpoint), "--lengths", "400,300", "--tasks", "niah_single_1,fwe", "--samples", "2",
+    common = ["eval", "ruler", str(checkpoint), "--lengths", "700,600", "--tasks", "niah_single_1,fwe", "--samples", "2",
               "--output", str(out)]
     code, stdout, stderr = run(capsys, *common, "--quiet")
     assert code == 0, stderr
     data = json.loads((out / "ruler.json").read_text())
-    assert [(s["task"], s["length"]) for s in data["summary"]] == [("niah_single_1", 300), ("niah_single_1", 400), ("fwe", 300), ("fwe", 400)]
+    assert [(s["task"], s["length"]) for s in data["summary"]] == [("niah_single_1", 600), ("niah_single_1", 700), ("fwe", 600), ("fwe", 700)]
     assert len(data["results"]) == 2 * 2 * 2 and all(r["tokens"] + r["max_new_tokens"] == r["length"] for r in data["results"])
-    assert sorted(p.name for p in out.iterdir()) == ["report.md", "ruler.json", "ruler_average.png", "ruler_heatmap_" + checkpoint.name + ".png"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names[:3] == ["report.md", "ruler.json", "ruler_average.png"] and len(names) == 4
+    assert names[3].startswith("ruler_heatmap_") and names[3].endswith("_base.png")
     lines = stdout.splitlines()
-    assert lines[0].split() == ["model", "300", "400", "effective@85.6", "claimed"] and len(lines) == 3
+    assert lines[0].split() == ["model", "600", "700", "effective@85.6", "claimed"] and len(lines) == 3
     assert lines[2].split()[0] == str(checkpoint).rstrip("/") and lines[2].split()[-1] == "256"
     code, _, stderr = run(capsys, *common)
     assert code == 2 and "--resume" in stderr
     code, _, _ = run(capsys, *common, "--resume", "--quiet")
     assert code == 0 and json.loads((out / "ruler.json").read_text())["results"] == data["results"]
-    helped = run(capsys, "eval", "ruler", "--help")
-    assert "niah_multikey_2" in helped[1] and "examples:" in helped[1]
+    with pytest.raises(SystemExit):
+        main(["eval", "ruler", "--help"])
+    helped = capsys.readouterr().out
+    assert "niah_multikey_2" in helped and "examples:" in helped and "--qa-file" in helped
 
 
 @pytest.mark.parametrize(
