@@ -1,6 +1,6 @@
 """Pre-train the tiny passkey model that `ctxext demo` ships, from scratch, on a CPU.
 
-    python recipes/pretrain_tiny.py --threads 1          # ~30 min on 2 cores; writes ctxext/demo/assets/demo_model/
+    python recipes/pretrain_tiny.py --threads 1          # 52 min on a busy shared 2-core machine; writes ctxext/demo/assets/demo_model/
                                                          # (the shipped weights came from exactly this command)
     python recipes/pretrain_tiny.py --output /tmp/tiny --steps 300   # a quicker look
 

@@ -190,13 +190,13 @@ class RulerDocuments:
         self.count = 0
 
     def make(self, rng: random.Random, budget: int) -> tuple[list[int], list[int]]:
-        """One prompt of a random task, at most `budget` tokens with its answer; random prompt length."""
+        """One prompt of a random task, at most `budget` tokens with its answer; its length uniform up to the budget."""
         from ..errors import CtxextError
 
         task = rng.choice(self.tasks)
         spec = TASKS[task]
         room = ANSWER_ROOM[spec.value]
-        low = min(budget - room, max(64, budget // 3))
+        low = min(budget - room, 96)  # prompts of every length up to the budget
         for _ in range(20):
             tokens = rng.randint(low, budget - room)
             self.count += 1

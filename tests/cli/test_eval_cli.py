@@ -85,7 +85,7 @@ def test_ruler_command_writes_results_plots_report_and_a_table(tmp_path, checkpo
     data = json.loads((out / "ruler.json").read_text())
     assert [(s["task"], s["length"]) for s in data["summary"]] == [("niah_single_1", 600), ("niah_single_1", 700), ("fwe", 600), ("fwe", 700)]
     assert len(data["results"]) == 2 * 2 * 2 and all(r["tokens"] + r["max_new_tokens"] == r["length"] for r in data["results"])
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # not the output marker
     assert names[:3] == ["report.md", "ruler.json", "ruler_average.png"] and len(names) == 4
     assert names[3].startswith("ruler_heatmap_") and names[3].endswith("_base.png")
     lines = stdout.splitlines()
