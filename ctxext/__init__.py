@@ -42,6 +42,7 @@ _EXPORTS = {
     "evaluate_ruler": "ctxext.evaluation.ruler",
     "build_ruler_prompts": "ctxext.evaluation.ruler",
     "finetune": "ctxext.training.finetune",
+    "Recipe": "ctxext.training.recipe",
     "TrainResult": "ctxext.training.finetune",
 }
 

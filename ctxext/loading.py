@@ -4,45 +4,258 @@
 
 CPU float32 by default; on CUDA, bf16 and SDPA (or FlashAttention 2 when installed) unless told
 otherwise. RoPE frequencies stay float32 whatever `dtype` is (transformers computes them so).
+
+A model directory is checked before anything reads it (`check_source`): it must hold a config.json
+and only regular files (a named pipe would hang a reader, a broken link fail it), and, where weights
+are needed, safetensors files whose headers are whole. Pickle weights (`*.bin`) are never loaded:
+unpickling runs whatever code the file holds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import stat
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from .errors import CtxextError
+from .errors import CtxextError, first_line
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+#: files transformers builds a tokenizer from; a folder with none of them has no tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                   "vocab.txt", "merges.txt", "vocab.model", "tokenizer.tiktoken", "qwen.tiktoken")
+#: tokenizer files that are JSON documents
+TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json")
+#: weights ctxext will not unpickle
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "model.ckpt")
+#: a safetensors header larger than this is not a header (the format caps it at 100 MB)
+MAX_HEADER = 100 * 1024 * 1024
 
 
 def is_local(source: str | os.PathLike) -> bool:
     return Path(source).expanduser().exists()
 
 
-def check_source(source: str | os.PathLike) -> str:
-    """A local model directory or something shaped like a hub id; CtxextError otherwise (no loading)."""
-    text = str(source)
+def is_hub_id(text: str) -> bool:
+    """Shaped like a Hugging Face hub id: 'name' (legacy ids such as gpt2) or 'org/name', and not a path.
+
+    huggingface_hub's own rule decides the shape; something that names a local place (starts with
+    '.', '/' or '~', exists on disk, or whose first part is a local folder) is a path, not an id.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(text, str) or text.startswith((".", "/", "~")) or os.path.lexists(os.path.expanduser(text)):
+        return False
+    if "/" in text and os.path.isdir(text.split("/", 1)[0]):
+        return False  # data/missing.txt next to a data/ folder is a missing file, not a hub repo
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def file_problem(path: Path) -> str | None:
+    """What is wrong with a directory entry a reader would open: None for a regular file or directory."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if stat.S_ISLNK(mode):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return f"is a broken symbolic link (to {os.readlink(path)})"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device file"
+    return f"is {kind}, not a file"
+
+
+def check_files(directory: Path, what: str = "model folder") -> None:
+    """Refuse a folder holding something other than regular files and folders (pipes, broken links)."""
+    for root, dirs, files in os.walk(directory):
+        for name in sorted(dirs + files):
+            problem = file_problem(Path(root) / name)
+            if problem:
+                path = Path(root) / name
+                raise CtxextError(f"{path} {problem}; ctxext reads {what}s of regular files only: remove it or fix it.")
+
+
+def check_source(source: str | os.PathLike, *, weights: bool = False) -> str:
+    """A local model directory or a hub id, checked without loading anything; CtxextError otherwise.
+
+    weights=True also checks the weight files of a local directory (for commands that load them);
+    whether they fit the config is `check_weights_fit`, once the config's own values are checked.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        raise CtxextError(f"A model must be a directory or a hub id, got {type(source).__name__}.")
+    text = os.fspath(source)
+    if not text.strip():
+        raise CtxextError("The model name is empty; give a checkpoint directory or a hub id like 'org/name'.")
     path = Path(text).expanduser()
-    if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
+    if os.path.lexists(path):
+        problem = file_problem(path)
+        if problem:
+            raise CtxextError(f"Model {text} {problem}; give a checkpoint directory or a hub id.")
+        if not path.is_dir():
+            raise CtxextError(f"{text} is not a model directory (it is a file); give the checkpoint directory that holds config.json.")
+        if not os.path.lexists(path / "config.json"):
             raise CtxextError(f"{text} is not a model directory (it has no config.json); give a checkpoint directory or a hub id.")
+        check_files(path)
+        if not (path / "config.json").is_file():
+            raise CtxextError(f"{path / 'config.json'} is not a file; give a checkpoint directory with a config.json.")
+        if weights:
+            check_weights(path)
         return str(path)
-    parts = text.split("/")
-    if text.startswith((".", "/", "~")) or len(parts) > 2 or not all(parts):
+    if not is_hub_id(text):
         raise CtxextError(f"Model {text!r} not found: no such directory, and it is not a hub id like 'org/name'.")
     return text
 
 
+def _check_safetensors(path: Path) -> set[str]:
+    """The tensor names of a safetensors file whose header and length agree; CtxextError naming the file otherwise.
+
+    Reads the 8-byte length and the JSON header only (what safetensors itself validates first), so
+    it costs nothing whatever the file's size.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            header = handle.read(length) if length is not None and 0 < length <= min(MAX_HEADER, size - 8) else None
+    except OSError as err:
+        raise CtxextError(f"Cannot read {path}: {err.strerror or err}; check the file's permissions.") from None
+    problem = None
+    if size == 0:
+        problem = "is empty"
+    elif header is None:
+        problem = "is truncated or not a safetensors file (its header length does not fit the file)"
+    else:
+        try:
+            meta = json.loads(header)
+            if not isinstance(meta, dict):
+                raise ValueError
+            spans = [entry["data_offsets"] for name, entry in meta.items() if name != "__metadata__"]
+            if not all(isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)
+                       and 0 <= span[0] <= span[1] for span in spans):
+                raise TypeError
+            ends = [span[1] for span in spans]
+        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+            problem = "is corrupt (its header is not a safetensors header)"
+        else:
+            data, described = size - 8 - len(header), max(ends, default=0)
+            if described > data:
+                problem = f"is truncated ({size:,} bytes where its header describes {8 + len(header) + described:,})"
+            elif described < data:
+                problem = f"is corrupt ({data - described:,} bytes after the tensors its header describes)"
+    if problem:
+        raise CtxextError(f"{path} {problem}; download or copy it again.")
+    return {name for name in meta if name != "__metadata__"}
+
+
+def check_weights(directory: Path) -> None:
+    """The directory's safetensors weights are present and whole (headers read, nothing loaded)."""
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise CtxextError(f"{index} is not a valid safetensors index (no weight_map); download or copy it again.") from None
+        files = [directory / shard for shard in shards]
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            raise CtxextError(f"{missing[0]} is missing (listed in {index.name}); download or copy it again.")
+    elif os.path.lexists(directory / "model.safetensors"):
+        files = [directory / "model.safetensors"]
+    else:
+        pickles = [name for name in PICKLE_WEIGHTS if (directory / name).exists()]
+        if pickles:
+            raise CtxextError(
+                f"{directory} holds only pickle weights ({pickles[0]}), which ctxext never loads because unpickling "
+                "can run any code the file holds; convert them to model.safetensors with a tool you trust, or use a "
+                "checkpoint that ships safetensors."
+            )
+        raise CtxextError(f"{directory} holds no model weights (no model.safetensors); give a complete checkpoint directory.")
+    for path in files:
+        if not path.is_file():
+            raise CtxextError(f"{path} is not a file; download or copy it again.")
+        _check_safetensors(path)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No load report and no progress bar from transformers inside the block (what matters is refused here)."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _refuse_unfit(source: str, info: dict) -> None:
+    wrong = sorted(info.get("missing_keys") or ()) + sorted(str(k[0] if isinstance(k, tuple) else k)
+                                                             for k in info.get("mismatched_keys") or ())
+    if wrong:
+        raise CtxextError(
+            f"The weights of {source} do not fit its config.json: {len(wrong)} tensor(s) missing or of another "
+            f"shape ({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''}); give the weights that belong to it."
+        )
+
+
+def check_weights_fit(directory: str | os.PathLike) -> None:
+    """The weights hold every tensor the config's model needs, in its shape: transformers' own loading
+    rules, run on the meta device (headers only, no tensor read), so a misfit is refused before any work."""
+    from transformers import AutoModelForCausalLM
+
+    with _quiet_transformers():
+        try:
+            _, info = AutoModelForCausalLM.from_pretrained(
+                directory, device_map="meta", use_safetensors=True, ignore_mismatched_sizes=True, output_loading_info=True
+            )
+        except Exception as err:  # a config or weights file that is not what it claims: the user's input
+            raise CtxextError(f"Could not load model {directory}: {first_line(err)}; check its config.json and weights.") from None
+    _refuse_unfit(str(directory), info)
+
+
 def pick_device(device: str | None = None) -> str:
+    """`device` checked against this machine (cpu, cuda, cuda:N, mps, xpu); the best one when None."""
     import torch
 
-    if device:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise CtxextError(f"--device {device} was asked for but no CUDA device is available; use --device cpu.")
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise CtxextError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps.") from None
+    kind = parsed.type
+    if kind == "cpu":
         return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    backend = {"cuda": torch.cuda, "xpu": getattr(torch, "xpu", None), "mps": getattr(torch, "mps", None)}.get(kind)
+    if kind == "mps":
+        available, count = torch.backends.mps.is_available(), 1
+    elif backend is not None and hasattr(backend, "is_available"):
+        available = backend.is_available()
+        count = backend.device_count() if available else 0
+    else:
+        raise CtxextError(f"ctxext does not run on --device {device} ({kind}); use cpu, cuda, cuda:N or mps.")
+    if not available:
+        raise CtxextError(f"--device {device} was asked for but no {kind.upper()} device is available; use --device cpu.")
+    if parsed.index is not None and parsed.index >= count:
+        raise CtxextError(f"--device {device} was asked for but this machine has {count} {kind} device(s), "
+                          f"{kind}:0 to {kind}:{count - 1}.")
+    return device
 
 
 def pick_dtype(dtype: str | None, device: str):
@@ -70,13 +283,34 @@ def attention_implementation(device: str) -> str:
 
 
 def load_tokenizer(source: str | os.PathLike) -> Any:
+    """The tokenizer of a model directory or hub id; CtxextError when it has none or it does not load.
+
+    A local directory without tokenizer files is refused: transformers would otherwise build an
+    empty tokenizer from the model type alone, which turns every text into nothing.
+    """
     from transformers import AutoTokenizer
 
     source = check_source(source)
+    if is_local(source):
+        if not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+            raise CtxextError(
+                f"{source} has no tokenizer files (tokenizer.json, tokenizer.model, vocab.json, ...); copy the base "
+                "model's tokenizer into it (tokenizer.save_pretrained)."
+            )
+        for name in TOKENIZER_JSON:  # name the broken file, which transformers' own error does not
+            path = Path(source) / name
+            if path.is_file():
+                try:
+                    json.loads(path.read_bytes())
+                except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+                    raise CtxextError(f"{path} is not valid JSON ({first_line(err)}); copy the tokenizer files again.") from None
     try:
-        return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        raise CtxextError(f"Could not load a tokenizer for {source}: {_first_line(err)}") from None
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as err:  # a corrupt file raises what its parser raises (JSONDecodeError, Exception from Rust...)
+        raise CtxextError(f"Could not load the tokenizer of {source}: {first_line(err)}; check its tokenizer files.") from None
+    if len(tokenizer) < 2:
+        raise CtxextError(f"The tokenizer of {source} has {len(tokenizer)} token(s), so it cannot encode text; check its tokenizer files.")
+    return tokenizer
 
 
 def load_model(
@@ -85,24 +319,32 @@ def load_model(
     dtype: str | None = None,
     attn_implementation: str | None = None,
 ) -> tuple[Any, Any]:
-    """(model in eval mode on `device`, tokenizer) from a directory or hub id."""
-    from transformers import AutoModelForCausalLM
+    """(model in eval mode on `device`, tokenizer) from a directory or hub id.
 
-    source = check_source(source)
+    Only safetensors weights are read; weights that do not fit the config (missing or of another
+    shape) are refused rather than left randomly initialised.
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    source = check_source(source, weights=True)
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     tokenizer = load_tokenizer(source)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # transformers' load report; what matters in it is refused below
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             source,
             dtype=torch_dtype,
             attn_implementation=attn_implementation or attention_implementation(device),
+            use_safetensors=True,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
         )
-    except (OSError, ValueError) as err:
-        raise CtxextError(f"Could not load model {source}: {_first_line(err)}") from None
+    except Exception as err:  # a config or weights file that is not what it claims: the user's input
+        raise CtxextError(f"Could not load model {source}: {first_line(err)}; check its config.json and weights.") from None
+    finally:
+        logging.set_verbosity(verbosity)
+    _refuse_unfit(source, info)  # a hub model's weights are first seen here
     return model.to(device).eval(), tokenizer
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__).rstrip(".") + "."

@@ -15,9 +15,10 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from .. import __version__
-from ..errors import CtxextError
+from ..errors import CtxextError, first_line
 from .options import Parser
 
 #: subcommands in the order `ctxext --help` lists them
@@ -48,7 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Every warning as one `warning: ...` line on stderr (above a progress bar, if one is drawn)."""
+    text = "warning: " + " ".join(str(message).split())
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:
+        tqdm.tqdm.write(text, file=file or sys.stderr)
+    else:
+        print(text, file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         args = build_parser().parse_args(argv)
         if not hasattr(args, "func"):
@@ -61,9 +74,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine, not the input: a full disk, a file removed under our feet
+        if os.environ.get("CTXEXT_DEBUG") or isinstance(err, BrokenPipeError):
+            raise
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"error: {err.strerror or first_line(err)}{where}.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

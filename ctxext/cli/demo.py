@@ -36,12 +36,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..demo.run import demo_table, run_demo, ruler_demo_table
+    from .options import progress_bars
 
-    if args.quiet:
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()  # transformers' own bars (loading and writing weights)
-    report = run_demo(args.output, quick=args.quick, overwrite=args.overwrite, progress=not args.quiet)
+    with progress_bars(not args.quiet):  # transformers' own bars too (loading and writing weights)
+        report = run_demo(args.output, quick=args.quick, overwrite=args.overwrite, progress=not args.quiet)
     print("\n" + demo_table(report))
     print("\n" + ruler_demo_table(report))
     print(f"\nwrote {args.output}/ (demo.json, report.md, plots, models/) in {report['seconds']:.0f} s")

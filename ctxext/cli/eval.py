@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from .options import number, positive_int
+from ..loading import DTYPES
+from .options import (
+    Help, add_options, comma_list, number, option_values, positive_int, progress_bars, signature_options,
+)
 
 PASSKEY_EPILOG = """\
 examples:
@@ -28,7 +32,6 @@ tokens; windows of each length start every --stride tokens (default 256; stride 
 disjoint windows) and score only their new tokens. Writes DIR/perplexity.json and DIR/perplexity.png.
 """
 
-
 RULER_EPILOG = """\
 examples:
   ctxext eval ruler Qwen/Qwen2.5-0.5B --lengths 4096,8192,16384,32768 --output eval/ruler
@@ -50,33 +53,57 @@ lengths), DIR/ruler_heatmap_<model>.png, DIR/ruler_average.png and DIR/report.md
 """
 
 
-def comma_list(kind):
-    """argparse type: a comma-separated list of `kind` values ("1024,2048")."""
+#: options every evaluation takes, from its own signature: help text here, type and default there
+COMMON = {
+    "resume": Help("continue the run whose results are in DIR"),
+    "overwrite": Help("replace results already in DIR"),
+    "device": Help("cpu, cuda, cuda:1, ... (default: cuda when available)"),
+    "dtype": Help("auto (the default): float32 on CPU, bfloat16 on CUDA", choices=DTYPES),
+    "batch_size": Help("samples per forward pass (default: by length)", parse=positive_int),
+}
+PASSKEY = {
+    "depths": Help("key depths from 0 (start) to 1 (end)", parse=comma_list(number)),
+    "trials": Help("keys per length and depth", parse=positive_int),
+    "seed": Help("seed of the keys", parse=int),
+    "digits": Help("digits of each key", parse=positive_int),
+    "generate": Help("decode with model.generate instead of teacher forcing (same answers, slower)"),
+    **COMMON,
+}
+PERPLEXITY = {
+    "split": Help("split of a datasets name"),
+    "text_field": Help("column holding the text (default: text, content, ...)"),
+    "stride": Help("tokens between window starts", parse=positive_int),
+    "samples": Help("at most this many documents (default: all long enough)", parse=positive_int),
+    "tokens_per_document": Help("score the first N tokens of each document, N >= the longest length "
+                                "(default: the longest length); documents shorter than N are skipped",
+                                parse=positive_int),
+    **COMMON,
+}
+RULER = {
+    "tasks": Help("RULER tasks to run, comma-separated (default: see below)", parse=comma_list(str)),
+    "samples": Help("samples per task and length", parse=positive_int),
+    "seed": Help("seed of the prompts", parse=int),
+    "threshold": Help("score (percent) the effective length asks for, RULER's", parse=number),
+    "haystack": Help("a UTF-8 text file of prose for the essay haystack (default: the shipped one)"),
+    "stop_at_newline": Help("end each answer at its first line break (faster; RULER stops at EOS only)"),
+    "generate": Help("decode with model.generate instead of the batched decoder (same answers, slower)"),
+    **COMMON,
+}
 
-    def parse(text: str) -> list:
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-        return [kind(item) for item in items]
 
-    parse.__name__ = f"list of {kind.__name__}"
-    return parse
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
+def _models_and_lengths(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="+", metavar="MODEL", help="model directories or hub ids, evaluated in turn")
     parser.add_argument("--lengths", type=comma_list(positive_int), required=True, help="prompt lengths in tokens, e.g. 1024,2048,4096")
     parser.add_argument("--output", required=True, metavar="DIR", help="directory for the results and plots")
-    parser.add_argument("--resume", action="store_true", help="continue the run whose results are in DIR")
-    parser.add_argument("--overwrite", action="store_true", help="replace results already in DIR")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                        help="auto: float32 on CPU, bfloat16 on CUDA")
-    parser.add_argument("--batch-size", type=positive_int, help="samples per forward pass (default: by length)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: Any) -> None:
+    from ..evaluation.passkey import evaluate_passkey
+    from ..evaluation.perplexity import evaluate_perplexity
+
+    from ..evaluation.ruler import evaluate_ruler
+    from ..evaluation.ruler.tasks import TASKS
+
     parser = subparsers.add_parser("eval", help="passkey retrieval, perplexity and RULER vs length",
                                    description="Evaluate models at long context: passkey retrieval, perplexity and RULER vs length.")
     commands = parser.add_subparsers(title="evaluations", metavar="EVAL", parser_class=type(parser))
@@ -87,34 +114,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Passkey retrieval: is a 5-digit key hidden in filler text repeated exactly by greedy decoding?",
         epilog=PASSKEY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(passkey)
-    passkey.add_argument("--depths", type=comma_list(number), default=[0.0, 0.25, 0.5, 0.75, 1.0],
-                         help="key depths from 0 (start) to 1 (end), default 0,0.25,0.5,0.75,1")
-    passkey.add_argument("--trials", type=positive_int, default=5, help="keys per length and depth (default 5)")
-    passkey.add_argument("--seed", type=int, default=0, help="seed of the keys (default 0)")
-    passkey.add_argument("--digits", type=positive_int, default=5, help="digits of each key (default 5)")
-    passkey.add_argument("--generate", action="store_true",
-                         help="decode with model.generate instead of teacher forcing (same answers, slower)")
-    passkey.set_defaults(func=run_passkey)
+    _models_and_lengths(passkey)
+    options = signature_options(evaluate_passkey, PASSKEY)
+    add_options(passkey, options)
+    passkey.add_argument("--quiet", action="store_true", help="no progress bar")
+    passkey.set_defaults(func=run_passkey, options=options)
 
     perplexity = commands.add_parser(
         "perplexity", help="perplexity vs length with sliding windows",
         description="Perplexity at each length, with sliding windows over documents of a dataset.",
         epilog=PERPLEXITY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(perplexity)
+    _models_and_lengths(perplexity)
     perplexity.add_argument("--dataset", required=True, metavar="PATH_OR_NAME",
                             help="a .txt/.jsonl/.parquet file or folder, or a datasets name (pg19, ...)")
-    perplexity.add_argument("--split", default="test", help="split of a datasets name (default test)")
-    perplexity.add_argument("--text-field", help="column holding the text (default: text, content, ...)")
-    perplexity.add_argument("--stride", type=positive_int, default=256, help="tokens between window starts (default 256)")
-    perplexity.add_argument("--samples", type=positive_int, help="at most this many documents (default: all long enough)")
-    perplexity.add_argument("--tokens-per-document", type=positive_int, metavar="T",
-                            help="score the first T tokens of each document, T >= the longest length "
-                                 "(default: the longest length); documents shorter than T are skipped")
-    perplexity.set_defaults(func=run_perplexity)
-
-    from ..evaluation.ruler.tasks import TASKS
+    options = signature_options(evaluate_perplexity, PERPLEXITY)
+    add_options(perplexity, options)
+    perplexity.add_argument("--quiet", action="store_true", help="no progress bar")
+    perplexity.set_defaults(func=run_perplexity, options=options)
 
     listing = "\n".join(f"  {name:<16} {task.description}" for name, task in TASKS.items())
     ruler = commands.add_parser(
@@ -123,78 +140,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "at each length, offline; scores per task and length and each model's effective length.",
         epilog=RULER_EPILOG.format(tasks=listing), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(ruler)
-    ruler.add_argument("--tasks", type=comma_list(str), metavar="TASK,...", help="RULER tasks to run (default: see below)")
-    ruler.add_argument("--samples", type=positive_int, default=20, help="samples per task and length (default 20)")
-    ruler.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
-    ruler.add_argument("--threshold", type=number, default=85.6, help="score (percent) for the effective length (default 85.6)")
-    ruler.add_argument("--haystack", metavar="FILE", help="a UTF-8 text file of prose for the essay haystack (default: the shipped one)")
+    _models_and_lengths(ruler)
+    options = signature_options(evaluate_ruler, RULER)
+    add_options(ruler, options)
     ruler.add_argument("--qa-file", action="append", metavar="FILE", dest="qa_files",
                        help="a SQuAD- or HotpotQA-shaped JSON file for qa_1 / qa_2 (repeat for both)")
-    ruler.add_argument("--stop-at-newline", action="store_true", help="end each answer at its first line break (faster; RULER stops at EOS only)")
-    ruler.add_argument("--generate", action="store_true", help="decode with model.generate instead of the batched decoder (same answers, slower)")
-    ruler.set_defaults(func=run_ruler)
-
-
-def _quiet(args: argparse.Namespace) -> None:
-    """--quiet also silences transformers' and datasets' own progress bars (loading weights, filtering)."""
-    if args.quiet:
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()
-        try:
-            import datasets
-
-            datasets.disable_progress_bars()
-        except ImportError:
-            pass
+    ruler.add_argument("--quiet", action="store_true", help="no progress bar")
+    ruler.set_defaults(func=run_ruler, options=options)
 
 
 def run_passkey(args: argparse.Namespace) -> int:
-    from ..evaluation.common import one_line_warnings
     from ..evaluation.passkey import evaluate_passkey, passkey_table
 
-    _quiet(args)
-    with one_line_warnings():
-        report = evaluate_passkey(
-            args.models, args.lengths, depths=args.depths, trials=args.trials, seed=args.seed, digits=args.digits,
-            output_dir=args.output, resume=args.resume, overwrite=args.overwrite, generate=args.generate,
-            device=args.device, dtype=args.dtype, batch_size=args.batch_size, progress=not args.quiet,
-        )
+    with progress_bars(not args.quiet):
+        report = evaluate_passkey(args.models, args.lengths, output_dir=args.output, progress=not args.quiet,
+                                  **option_values(args, args.options))
     print(passkey_table(report))
     print(f"wrote {args.output}/passkey.json and the passkey_*.png plots", file=sys.stderr)
     return 0
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
-    from ..evaluation.common import one_line_warnings
     from ..evaluation.perplexity import evaluate_perplexity, perplexity_table
 
-    _quiet(args)
-    with one_line_warnings():
-        report = evaluate_perplexity(
-            args.models, args.dataset, args.lengths, stride=args.stride, samples=args.samples,
-            tokens_per_document=args.tokens_per_document, split=args.split,
-            text_field=args.text_field, output_dir=args.output, resume=args.resume, overwrite=args.overwrite,
-            device=args.device, dtype=args.dtype, batch_size=args.batch_size, progress=not args.quiet,
-        )
+    with progress_bars(not args.quiet):
+        report = evaluate_perplexity(args.models, args.dataset, args.lengths, output_dir=args.output,
+                                     progress=not args.quiet, **option_values(args, args.options))
     print(perplexity_table(report))
     print(f"wrote {args.output}/perplexity.json and perplexity.png", file=sys.stderr)
     return 0
 
 
 def run_ruler(args: argparse.Namespace) -> int:
-    from ..evaluation.common import one_line_warnings
     from ..evaluation.ruler import evaluate_ruler, ruler_table
 
-    _quiet(args)
-    with one_line_warnings():
-        report = evaluate_ruler(
-            args.models, args.lengths, tasks=args.tasks, samples=args.samples, seed=args.seed, threshold=args.threshold,
-            haystack=args.haystack, qa_files=args.qa_files, output_dir=args.output, resume=args.resume,
-            overwrite=args.overwrite, generate=args.generate, stop_at_newline=args.stop_at_newline,
-            device=args.device, dtype=args.dtype, batch_size=args.batch_size, progress=not args.quiet,
-        )
+    with progress_bars(not args.quiet):
+        report = evaluate_ruler(args.models, args.lengths, output_dir=args.output, progress=not args.quiet,
+                                qa_files=args.qa_files, **option_values(args, args.options))
     print(ruler_table(report))
     print(f"wrote {args.output}/ruler.json, report.md and the ruler_*.png plots", file=sys.stderr)
     return 0

@@ -49,14 +49,13 @@ def _config(model: str, revision: str | None) -> dict:
         return read_config(Path(source))
     from huggingface_hub import hf_hub_download
 
-    from ..errors import CtxextError
+    from ..errors import CtxextError, first_line
 
     try:
         path = hf_hub_download(source, "config.json", revision=revision)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CtxextError(f"{source} is not a local directory, and fetching its config.json from the Hugging Face "
-                          f"hub failed ({reason}); check the path or the model id.") from None
+                          f"hub failed ({first_line(err)}); check the path or the model id.") from None
     from pathlib import Path
 
     return read_config(Path(path).parent)
@@ -68,31 +67,26 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.method is None) != (args.factor is None):
         raise CtxextError("--method and --factor go together; give both, or neither.")
-    if args.plot and not args.method:
+    if args.plot is not None and not args.method:
         raise CtxextError("--plot draws what a method does; give --method and --factor too.")
+    if args.plot is not None:  # a new file in an existing folder, of a kind matplotlib writes, not inside the model
+        from ..io import check_output_file
+        from ..patching.info import PLOT_FORMATS
+
+        check_output_file(args.plot, what="--plot", suffixes=PLOT_FORMATS, sources=[args.model])
     config = _config(args.model, args.revision)
     summary = describe(config)
     rows = None
     if args.method:
-        from ..patching.info import dimension_table, plot_dimensions
-        from ..rope.methods import resolve
+        from ..patching.info import dimension_table, plot_dimensions, scaling_for
 
-        scaling = resolve(args.method, args.factor, args.original_max_position_embeddings)
+        scaling = scaling_for(config, args.method, args.factor,
+                              original_max_position_embeddings=args.original_max_position_embeddings)
         rows = dimension_table(config, scaling.method, scaling.factor,
-                               **({"original_max_position_embeddings": args.original_max_position_embeddings}
-                                  if args.original_max_position_embeddings else {}))
-        original = args.original_max_position_embeddings or summary["original_window"] or summary["max_position_embeddings"]
-        if args.plot:
-            from pathlib import Path
-
-            from ..io import check_output_dir
-
-            path = Path(args.plot)
-            if path.exists() and path.is_dir():
-                raise CtxextError(f"--plot {path} is a directory; give a file name such as dims.png.")
-            check_output_dir(path, overwrite=True)
-            plot_dimensions(rows, str(path), f"{summary['model_type']}: {scaling.method} x{scaling.factor:g}",
-                            original, int(round(original * scaling.factor)))
+                               original_max_position_embeddings=scaling.original_max_position_embeddings)
+        if args.plot is not None:
+            plot_dimensions(rows, args.plot, f"{summary['model_type']}: {scaling.method} x{scaling.factor:g}",
+                            scaling.original_max_position_embeddings, scaling.window)
     if args.json:
         print(json.dumps(summary | ({"dimensions": rows} if rows is not None else {}), indent=2))
         return 0
@@ -105,9 +99,9 @@ def run(args: argparse.Namespace) -> int:
         touched = "" if layer_type in summary["scaled_layer_types"] else "  (local: a patch leaves it)"
         print(f"rope [{layer_type}]".ljust(18) + text + touched)
     print(f"scaling           {summary['scaling']}")
-    original = summary["original_window"]
+    original = summary["original_max_position_embeddings"]
     print(f"original window   {original:,}" if original else "original window   not recorded")
-    print(f"effective window  {summary['effective_window']:,}")
+    print(f"effective window  {summary['window']:,}")
     if rows is not None:
         print(f"\n{'dim':>4} {'wavelength':>12} {'rotations/L0':>13} {'new wavelength':>15} {'freq ratio':>11}  kind")
         for r in rows:

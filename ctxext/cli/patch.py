@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .options import number, positive_int
-from ..rope.methods import METHOD_CHOICES, METHODS
+from ..rope.methods import METHOD_CHOICES, METHOD_PARAMETERS, METHODS
 
 EXAMPLES = """\
 examples:
@@ -21,8 +21,8 @@ examples:
 methods:
 """ + "\n".join(f"  {m.name:<13} {m.summary}" for m in METHODS.values())
 
-#: method parameters that get a command-line option (HF spelling, dashes on the command line)
-PARAMS = ("beta_fast", "beta_slow", "attention_factor", "low_freq_factor", "high_freq_factor")
+#: method parameters that get a command-line option (HF spelling, dashes on the command line): the registry's
+PARAMS = METHOD_PARAMETERS
 
 
 def add_scaling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
                            revision=args.revision, **scaling_kwargs(args))
     info = describe(read_config(out))
     record = info["ctxext"]
+    if record is None:  # factor 1 writes no record: the rope is the unscaled one, in both spellings
+        print(f"wrote {out}: unscaled rope (factor 1), window {info['window']:,} tokens "
+              f"(max_position_embeddings {info['max_position_embeddings']:,})")
+        return 0
     print(f"wrote {out}: {record['method']} x{record['factor']:g}, window "
-          f"{record['original_max_position_embeddings']:,} -> {record['max_window']:,} tokens "
+          f"{record['original_max_position_embeddings']:,} -> {info['window']:,} tokens "
           f"(max_position_embeddings {info['max_position_embeddings']:,})")
     return 0

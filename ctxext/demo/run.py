@@ -84,17 +84,16 @@ def run_demo(
     from ..training.finetune import finetune
 
     settings = settings or (DemoSettings.quick() if quick else DemoSettings())
-    check_output_dir(output_dir, overwrite)
     source = demo_model_path()
+    check_output_dir(output_dir, overwrite, sources=[source])  # issue 10: never the embedded model itself
     say = print if progress else (lambda *a, **k: None)
     started, cpu_started = time.perf_counter(), time.process_time()
-    torch.manual_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(source)
     base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    window = read_layout(base.config.to_dict()).effective_window()
+    window = read_layout(base.config.to_dict()).window
     lengths = [window * k for k in (1, 2, 4, FACTOR)]
 
-    with staged_directory(output_dir, overwrite) as tmp:
+    with staged_directory(output_dir, overwrite, sources=[source], kind="demo") as tmp:
         models: list[tuple[str, Any, Any]] = [("base", base, tokenizer)]
         for method in PATCHED:
             models.append((method, patch_model(copy.deepcopy(base), method, FACTOR), tokenizer))
@@ -137,7 +136,7 @@ def run_demo(
             for r in passkey["summary"]
         ]
         report = {
-            "original_window": window,
+            "original_max_position_embeddings": window,
             "factor": FACTOR,
             "lengths": lengths,
             "rows": rows,
@@ -160,7 +159,7 @@ def _table(report: dict[str, Any], cells: list[dict], title: str, markdown: bool
     from ..evaluation.common import format_table
 
     def column(n: int) -> str:
-        return f"{n:,} ({n // report['original_window']}x)"
+        return f"{n:,} ({n // report['original_max_position_embeddings']}x)"
 
     if not markdown:
         return title + "\n" + format_table(cells, "cell", str, column=column, extra=extra)
@@ -201,7 +200,7 @@ def ruler_demo_table(report: dict[str, Any], markdown: bool = False) -> str:
 
 def render_report(report: dict[str, Any], pictures: list[str]) -> str:
     """report.md: what was run, the table, the pictures, and how to read them."""
-    window, factor = report["original_window"], report["factor"]
+    window, factor = report["original_max_position_embeddings"], report["factor"]
     tuned = "\n".join(
         f"  - `{name}`: {info['steps']} LoRA steps in {info['seconds']:.0f} s, loss {info['first_loss']:.3f} -> "
         f"{info['final_loss']:.3f} (checkpoint in `models/{name}/`)"

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 from ..errors import CtxextError
-from ..io import atomic_write_json
-from ..loading import check_source, load_model, load_tokenizer, pick_device, pick_dtype
+from ..io import atomic_write_json, check_output_dir, prepare_output_dir
+from ..loading import check_source, check_weights_fit, is_local, load_model, load_tokenizer, pick_device, pick_dtype
 
 #: a model to evaluate: a local directory or hub id, or a (name, model, tokenizer) triple in memory
 ModelSpec = Union[str, os.PathLike, tuple]
@@ -68,7 +68,13 @@ def resolve_models(models: ModelSpec | Sequence[ModelSpec]) -> list[ModelEntry]:
                 raise CtxextError(f"Model {name!r} must be given as (name, model, tokenizer) with a callable model and its tokenizer.")
             entries.append(ModelEntry(name=name, model=model, tokenizer=tokenizer))
         elif isinstance(spec, (str, os.PathLike)):
-            source = check_source(spec)
+            source = check_source(spec, weights=True)  # issue 10: bad weights refused before any work
+            if is_local(source):  # and wrong-typed config values, with a sentence instead of a traceback
+                from ..patching.checkpoint import read_config
+                from ..rope.layout import check_config_types
+
+                check_config_types(read_config(Path(source)))
+                check_weights_fit(source)  # every tensor there, in its shape (headers only, on the meta device)
             entries.append(ModelEntry(name=str(spec).rstrip("/") or str(spec), source=source))
         else:
             raise CtxextError(
@@ -129,7 +135,7 @@ def model_window(model: Any) -> int | None:
     if config is None:
         return None
     try:
-        return read_layout(config.to_dict()).effective_window()
+        return read_layout(config.to_dict()).window
     except CtxextError:  # not a RoPE model: its plain window
         window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         return int(window) if window else None
@@ -145,7 +151,7 @@ def warn_beyond_window(name: str, model: Any, lengths: Iterable[int]) -> None:
             f"{name} has a {window}-token window; length{'s' if len(beyond) > 1 else ''} {listed} "
             f"{'are' if len(beyond) > 1 else 'is'} beyond it and evaluated anyway.",
             LengthBeyondWindowWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of evaluate_*, past io.one_writer's wrapper (issue 10)
         )
 
 
@@ -170,19 +176,16 @@ class ResultsFile:
     fails before it (bad input, a model that does not load) leaves no directory behind.
     """
 
-    def __init__(self, output_dir: str | os.PathLike | None, filename: str, resume: bool, overwrite: bool):
+    def __init__(self, output_dir: str | os.PathLike | None, filename: str, resume: bool, overwrite: bool,
+                 sources: Sequence[Any] = ()):
         self.path: Path | None = None
         self.results: list[dict] = []
         if output_dir is None:
             if resume:
                 raise CtxextError("resume needs an output directory to continue from; pass output_dir (--output).")
             return
-        directory = Path(output_dir).expanduser()
-        if directory.exists() and not directory.is_dir():
-            raise CtxextError(f"Output {directory} exists and is not a directory; choose another --output.")
-        existing = next(p for p in (directory.absolute(), *directory.absolute().parents) if p.exists())
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise CtxextError(f"Cannot write to {existing}: permission denied; choose another --output.")
+        # issue 10: ctxext.io's output rule (not a source, new / empty / ctxext's own directory)
+        directory = check_output_dir(output_dir, overwrite, sources=sources, adds=True)
         self.path = directory / filename
         if self.path.exists() and not (resume or overwrite):
             raise CtxextError(
@@ -207,27 +210,8 @@ class ResultsFile:
 
     def write(self, data: dict) -> None:
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_output_dir(self.path.parent)  # created and marked as ctxext's on the first write
             atomic_write_json(self.path, data)
-
-
-@contextlib.contextmanager
-def one_line_warnings() -> Iterator[None]:
-    """Show warnings as `warning: message` on one line (the CLI's style) inside the block."""
-    original = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        import sys
-
-        from tqdm import tqdm
-
-        tqdm.write(f"warning: {message}", file=file or sys.stderr)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = original
 
 
 def slug(name: str) -> str:

@@ -38,8 +38,10 @@ PrefixCache = list
 
 def position_dependent_rope(model: Any) -> bool:
     """True when the rotary frequencies depend on the current sequence length (dynamic NTK/YaRN, longrope)."""
+    from ..patching.model import has_dynamic_yarn_hook
+
     for module in model.modules():
-        if hasattr(module, "_ctxext_dynamic"):  # ctxext's dynamic-yarn hook
+        if has_dynamic_yarn_hook(module):  # ctxext's dynamic-yarn hook
             return True
         rope_type = getattr(module, "rope_type", None)
         types = rope_type.values() if isinstance(rope_type, dict) else [rope_type]
@@ -114,9 +116,9 @@ class GreedyDecoder:
 
     def new_cache(self, layers: Sequence[tuple[Any, Any]] | None = None) -> Any:
         """An empty DynamicCache, or one holding `layers` (per-layer keys, values)."""
-        from transformers import DynamicCache
+        from .._compat import dynamic_cache
 
-        return DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
+        return dynamic_cache(layers or None)
 
     def prefill(self, ids: Sequence[int]) -> PrefixCache | None:
         """The KV cache of `ids` as per-layer (keys, values) [1, heads, len, head_dim]; None if not shareable."""

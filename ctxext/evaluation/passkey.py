@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import CtxextError
+from ..io import one_writer
 from .decoding import DEFAULT_BATCH_TOKENS, GreedyDecoder, common_prefix, position_dependent_rope  # noqa: F401 (re-exported)
 from .tokens import continuation as _continuation, encode as _encode, special_prefix as _special_prefix
 from .common import (
@@ -114,6 +115,16 @@ class PromptBuilder:
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
+        # issue 10: a tokenizer that cannot write the prompt (text -> nothing, or <unk>s) is refused here,
+        # before filler() would keep doubling a stream that never reaches the length asked for
+        filler = _encode(tokenizer, FILLER)
+        decoded = tokenizer.decode(filler, skip_special_tokens=True) if filler else ""
+        if " ".join(decoded.split()).lower() != FILLER.lower():
+            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            raise CtxextError(
+                f"The tokenizer of {name} cannot write the passkey prompt: it reads the filler text back as "
+                f"{decoded[:40]!r}; give the model's own tokenizer (tokenizer.json or tokenizer.model)."
+            )
         self.special = _special_prefix(tokenizer)
         self.head = _encode(tokenizer, TASK + "\n")
         self.question = _continuation(tokenizer, "\n" + QUESTION, context=FILLER)
@@ -126,7 +137,9 @@ class PromptBuilder:
             per = max(1, len(_encode(self.tokenizer, FILLER)))
             self._filler_repeats = max(2 * self._filler_repeats, math.ceil(n / per) + 2)
             stream = " ".join([FILLER] * self._filler_repeats)
-            self._filler = _continuation(self.tokenizer, stream, context=TASK + "\n")
+            before, self._filler = len(self._filler), _continuation(self.tokenizer, stream, context=TASK + "\n")
+            if len(self._filler) <= before:  # issue 10: never loop (and grow) without making progress
+                raise CtxextError("The tokenizer cannot write the passkey prompt: its filler text does not grow with repeats.")
         return self._filler[:n]
 
     def fixed_tokens(self, key: str) -> int:
@@ -346,6 +359,7 @@ def summarize(results: Sequence[dict]) -> list[dict]:
     ]
 
 
+@one_writer("output_dir")  # issue 10: one run at a time writes an output directory
 def evaluate_passkey(
     models: ModelSpec | Sequence[ModelSpec],
     lengths: Sequence[int],
@@ -382,7 +396,8 @@ def evaluate_passkey(
         raise CtxextError(f"batch_size must be a whole number of at least 1, got {batch_size!r}.")
     entries = resolve_models(models)
     check_device(device, dtype)
-    out = ResultsFile(output_dir, "passkey.json", resume=resume, overwrite=overwrite)
+    out = ResultsFile(output_dir, "passkey.json", resume=resume, overwrite=overwrite,
+                      sources=[e.source for e in entries])
 
     # every prompt, per tokenizer, before any model loads (a too-short length fails here)
     prompts: dict[str, list[PasskeyPrompt]] = {}
@@ -407,7 +422,8 @@ def evaluate_passkey(
 
     results = out.results
     todo = {name: [p for p in ps if (name, p.length, p.depth, p.trial) not in done] for name, ps in prompts.items()}
-    bar = tqdm(total=sum(len(t) for t in todo.values()), unit="sample", desc="passkey", disable=not progress)
+    bar = tqdm(total=sum(len(t) for t in todo.values()), unit="sample", desc="passkey", disable=not progress,
+               delay=0.5)  # issue 10: a model that fails to load leaves no bar above the error
     try:
         for entry, model, tokenizer in iterate_models([e for e in entries if todo[e.name]], device=device, dtype=dtype):
             bar.set_postfix_str(entry.name)

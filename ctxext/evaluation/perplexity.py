@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import CtxextError
+from ..io import one_writer
 from .common import (
     ModelEntry,
     ModelSpec,
@@ -38,7 +39,8 @@ from .common import (
 
 DEFAULT_STRIDE = 256
 DEFAULT_BATCH_TOKENS = 16384
-#: positions whose logits are turned into float32 log-probabilities at once (bounds memory at long lengths)
+#: positions whose logits are turned into float32 log-probabilities at once, for a model scored through
+#: its own logits (a transformers causal LM is scored through the chunked LM head instead)
 LOSS_CHUNK = 2048
 
 
@@ -66,21 +68,12 @@ def windows(n_tokens: int, length: int, stride: int) -> list[tuple[int, int, int
 def _texts(dataset: Any, split: str, text_field: str | None) -> tuple[str, Iterable[str]]:
     """(a name for messages, the documents) from a path, a datasets name, a Dataset or a list of strings."""
     if isinstance(dataset, (str, os.PathLike)):
-        import datasets
-
         from ..data import load_texts
 
         path = Path(dataset).expanduser()
         if path.is_file() and path.stat().st_size == 0:
             raise CtxextError(f"{dataset} is empty; give a file with text in it.")
-        quiet = path.exists() and datasets.is_progress_bar_enabled()  # no "Filter" bars for a local file
-        if quiet:
-            datasets.disable_progress_bars()
-        try:
-            loaded = load_texts(dataset, split=split, text_field=text_field)
-        finally:
-            if quiet:
-                datasets.enable_progress_bars()
+        loaded = load_texts(dataset, split=split, text_field=text_field)  # a local file: quietly
         return str(dataset), (row["text"] for row in loaded)
     if hasattr(dataset, "column_names"):  # a datasets.Dataset
         field = text_field or "text"
@@ -138,19 +131,65 @@ def tokenize_documents(
     return kept
 
 
-def nll_sum(model: Any, windows_ids: Any, scored: int) -> float:
-    """Sum of -log p(token) over the last `scored` tokens of each window in the batch [B, W]."""
+def head_matches_forward(model: Any) -> bool:
+    """True when the decoder's hidden states through the chunked LM head reproduce the model's own logits.
+
+    The model's forward is the reference: an architecture that does more between its decoder and its
+    head than `LogitTransform` knows (or a model that is no transformers causal LM) is scored
+    through its own logits instead. Costs one forward pass over 8 tokens.
+    """
+    import torch
+
+    from ..lm_head import LogitTransform
+    from .common import model_device
+
+    get_decoder, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
+    if not (callable(get_decoder) and callable(get_head) and getattr(model, "config", None) is not None):
+        return False
+    head = get_head()
+    if not isinstance(head, torch.nn.Linear):
+        return False
+    ids = (torch.arange(3, 11) % head.out_features)[None].to(model_device(model))  # [1, 8]
+    try:
+        with torch.inference_mode():
+            stock = model(input_ids=ids, use_cache=False).logits.float()  # [1, 8, V]
+            hidden = get_decoder()(input_ids=ids, use_cache=False).last_hidden_state  # [1, 8, H]
+            ours = torch.nn.functional.linear(hidden, head.weight, head.bias).float()
+            transform = LogitTransform.from_config(model.config)
+            ours = ours * transform.scale
+            if transform.softcap is not None:
+                ours = transform.softcap * torch.tanh(ours / transform.softcap)
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return False
+    tolerance = 1e-4 if hidden.dtype == torch.float32 else 2e-2
+    return stock.shape == ours.shape and torch.allclose(stock, ours, rtol=tolerance, atol=tolerance)
+
+
+def nll_sum(model: Any, windows_ids: Any, scored: int, through_head: bool = False) -> float:
+    """Sum of -log p(token) over the last `scored` tokens of each window in the batch [B, W].
+
+    through_head: run the decoder and score its hidden states through the chunked LM head
+    (`ctxext.lm_head`), one bounded chunk of logits at a time, never the full [B, scored, V] logits;
+    use it where `head_matches_forward(model)`. Otherwise the model's own logits are scored.
+    """
     import inspect
 
-    import torch
     import torch.nn.functional as F
 
+    targets = windows_ids[:, -scored:]  # [B, scored]
+    if through_head:
+        from ..lm_head import LogitTransform, chunked_nll_sum
+
+        head = model.get_output_embeddings()
+        hidden = model.get_decoder()(input_ids=windows_ids, use_cache=False).last_hidden_state  # [B, W, H]
+        hidden = hidden[:, -(scored + 1) : -1]  # [B, scored, H]: position t predicts token t + 1
+        return float(chunked_nll_sum(hidden, head.weight, targets, bias=head.bias,
+                                     transform=LogitTransform.from_config(model.config)))
     kwargs: dict[str, Any] = {"use_cache": False}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         kwargs["logits_to_keep"] = scored + 1  # logits at W - scored - 1 .. W - 1 (the last one predicts nothing)
     logits = model(input_ids=windows_ids, **kwargs).logits
     logits = logits[:, -(scored + 1) : -1]  # [B, scored, V]: position t predicts token t + 1
-    targets = windows_ids[:, -scored:]  # [B, scored]
     total = 0.0
     for start in range(0, scored, LOSS_CHUNK):
         chunk = logits[:, start : start + LOSS_CHUNK].float()
@@ -172,6 +211,7 @@ def perplexity_at(
     from .common import model_device
 
     device = model_device(model)
+    through_head = head_matches_forward(model)
     plan = windows(len(documents[0]), length, stride)  # every document has the same number of tokens
     size = batch_size or max(1, batch_tokens // length)
     work = [(doc, begin, end, scored) for begin, end, scored in plan for doc in documents]
@@ -184,9 +224,10 @@ def perplexity_at(
                 batch.append(work[i][0][begin:end])
                 i += 1
             ids = torch.tensor(batch, device=device)  # [B, end - begin]
-            yield len(batch), nll_sum(model, ids, scored), scored * len(batch)
+            yield len(batch), nll_sum(model, ids, scored, through_head), scored * len(batch)
 
 
+@one_writer("output_dir")  # issue 10: one run at a time writes an output directory
 def evaluate_perplexity(
     models: ModelSpec | Sequence[ModelSpec],
     dataset: Any,
@@ -225,7 +266,8 @@ def evaluate_perplexity(
             raise CtxextError(f"{name} must be a whole number of at least 1, got {value!r}.")
     entries = resolve_models(models)
     check_device(device, dtype)
-    out = ResultsFile(output_dir, "perplexity.json", resume=resume, overwrite=overwrite)
+    out = ResultsFile(output_dir, "perplexity.json", resume=resume, overwrite=overwrite,
+                      sources=[*(e.source for e in entries), dataset])
     source, texts = _texts(dataset, split, text_field)
     need = tokens_per_document or lengths[-1]
     if need < lengths[-1]:
@@ -257,7 +299,8 @@ def evaluate_perplexity(
     results = out.results
     todo = {e.name: [n for n in lengths if (e.name, n) not in done] for e in entries}
     total = sum(len(windows(need, n, stride)) * n_docs for ns in todo.values() for n in ns)
-    bar = tqdm(total=total, unit="window", desc="perplexity", disable=not progress)
+    bar = tqdm(total=total, unit="window", desc="perplexity", disable=not progress,
+               delay=0.5)  # issue 10: a model that fails to load leaves no bar above the error
     try:
         active: list[ModelEntry] = [e for e in entries if todo[e.name]]
         for entry, model, _ in iterate_models(active, device=device, dtype=dtype):

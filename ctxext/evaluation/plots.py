@@ -16,16 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..io import atomic_file
-
-
-def _save(fig: Any, path: str | os.PathLike) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    return Path(path)
+from ..io import save_figure as _save
 
 
 def _length_axis(ax: Any, lengths: Sequence[int]) -> None:

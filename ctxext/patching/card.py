@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from .. import __version__
-from ..loading import is_local
+from ..loading import is_hub_id
 from ..rope.methods import METHODS
 from ..rope.plan import RopePatch
 
@@ -24,12 +24,6 @@ READERS = {
     "dynamic-yarn": "stock configs cannot express dynamic YaRN: readers load static YaRN at the full factor.",
     "llama3": "vLLM and llama.cpp read llama3 scaling natively.",
 }
-
-
-def _is_hub_id(source: str) -> bool:
-    """'org/name' that is not a local path (a model built in memory has no hub id)."""
-    parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not is_local(source) and not source.startswith((".", "~"))
 
 
 def _table(rows: Sequence[tuple[str, Any]]) -> str:
@@ -51,7 +45,7 @@ def render_model_card(
     title = name or f"{source.rstrip('/').split('/')[-1]}-{scaling.method}-x{scaling.factor:g}"
     params = {k: v for k, v in scaling.params.items() if v is not None}
     front = ["---", "library_name: transformers", "tags:", "- ctxext", "- rope-scaling", "- long-context"]
-    if _is_hub_id(source):
+    if is_hub_id(source):  # the same rule that decides whether a MODEL is fetched from the hub
         front.append(f"base_model: {source}")
     front.append("---")
     rows = [

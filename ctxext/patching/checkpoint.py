@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .card import render_model_card
-from ..errors import CtxextError
+from ..errors import CtxextError, first_line
 from ..io import atomic_write_text, check_output_dir, staged_directory
-from ..loading import check_source, is_local
+from ..loading import check_files, check_source, is_local
 from ..rope.methods import Scaling, resolve
 from ..rope.plan import RopePatch, patched_config_dict, plan_patch
 from ..rope.layout import read_layout
@@ -41,11 +41,12 @@ def resolve_checkpoint(source: str | os.PathLike, revision: str | None = None) -
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(source, revision=revision, ignore_patterns=HUB_IGNORE))
+        directory = Path(snapshot_download(source, revision=revision, ignore_patterns=HUB_IGNORE))
     except Exception as err:  # network, auth, missing repo: huggingface_hub raises many types
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CtxextError(f"{source} is not a local directory, and fetching it from the Hugging Face hub failed "
-                          f"({reason}); check the path or the model id.") from None
+                          f"({first_line(err)}); check the path or the model id.") from None
+    check_files(directory)  # a snapshot is links into the cache's blobs: none may be broken
+    return directory
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -55,7 +56,9 @@ def read_config(directory: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CtxextError(f"{directory} has no config.json; give a Hugging Face checkpoint directory.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CtxextError(f"{path} is not valid JSON ({err}); fix or replace it.") from None
+        raise CtxextError(f"{path} is not valid JSON ({first_line(err)}); fix or replace it.") from None
+    except OSError as err:
+        raise CtxextError(f"Cannot read {path}: {err.strerror or err}; give a Hugging Face checkpoint directory.") from None
     if not isinstance(config, dict):
         raise CtxextError(f"{path} does not hold a JSON object; give a Hugging Face checkpoint directory.")
     return config
@@ -76,13 +79,16 @@ def plan_checkpoint(
 def _carry(src: Path, dst: Path) -> str:
     """Hard-link a large file (copy when linking is impossible), copy a small one; returns how."""
     real = src.resolve()  # hub caches hold symlinks to blobs: link the blob itself
-    if real.stat().st_size >= LINK_THRESHOLD:
-        try:
-            os.link(real, dst)
-            return "linked"
-        except OSError:  # another filesystem, or links not allowed: fall back to a copy
-            pass
-    shutil.copy2(real, dst)
+    try:
+        if real.stat().st_size >= LINK_THRESHOLD:
+            try:
+                os.link(real, dst)
+                return "linked"
+            except OSError:  # another filesystem, or links not allowed: fall back to a copy
+                pass
+        shutil.copy2(real, dst)
+    except OSError as err:  # unreadable source file, a full disk
+        raise CtxextError(f"Cannot copy {src} into the output: {err.strerror or err}.") from None
     return "copied"
 
 
@@ -105,14 +111,14 @@ def patch_checkpoint(
     before the output is created; on any error nothing is left behind.
     """
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
-    dst = check_output_dir(dst, overwrite)
-    directory = resolve_checkpoint(src, revision)
-    if dst.resolve() == directory.resolve() or directory.resolve() in dst.resolve().parents:
-        raise CtxextError(f"Output {dst} is inside the source checkpoint; choose an --output outside {directory}.")
+    source = check_source(src)  # a local folder checked, or a hub id's shape (nothing downloaded yet)
+    dst = check_output_dir(dst, overwrite, sources=[source])  # before a hub download
+    directory = resolve_checkpoint(source, revision)
+    check_output_dir(dst, overwrite, sources=[directory])  # the real directory, a hub snapshot included
     config = read_config(directory)
     patch = plan_checkpoint(config, scaling, replace)
     new_config = patched_config_dict(config, patch)
-    with staged_directory(dst, overwrite) as tmp:
+    with staged_directory(dst, overwrite, sources=[directory]) as tmp:
         for path in sorted(directory.rglob("*")):
             relative = path.relative_to(directory)
             if path.is_dir() or relative.parts[0].startswith("."):

@@ -11,10 +11,16 @@ that rotate many times inside the window and interpolates those that rotate less
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
-from ..rope.methods import resolve
+from ..io import save_figure
+from ..rope.methods import Scaling, resolve
 from ..rope.layout import RopeLayout, read_layout
+
+#: file kinds `ctxext info --plot` writes (matplotlib's, less those that need LaTeX or are raw buffers)
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "eps", "tif", "tiff")
 
 
 def describe(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -29,8 +35,8 @@ def describe(config: Mapping[str, Any]) -> dict[str, Any]:
         "rope": rope,
         "scaled_layer_types": ["all" if t is None else t for t in layout.targets],
         "scaling": layout.scaling_type if not layout.metadata else layout.metadata["method"],
-        "original_window": layout.original_window(),
-        "effective_window": layout.effective_window(),
+        "original_max_position_embeddings": layout.original_max_position_embeddings,
+        "window": layout.window,
         "max_position_embeddings": layout.max_position_embeddings,
         "ctxext": dict(layout.metadata) if layout.metadata else None,
     }
@@ -44,6 +50,16 @@ def _kind(ratio: float, factor: float) -> str:
     return "blended"
 
 
+def scaling_for(config: Mapping[str, Any], method: str, factor: float, **params: float | None) -> Scaling:
+    """The validated scaling of `method` at `factor` on this config, its original window filled in
+    (given, or what the config records, or its max_position_embeddings)."""
+    layout = read_layout(config)
+    scaling = resolve(method, factor, **params)
+    if scaling.original_max_position_embeddings is None:
+        scaling = scaling.with_window(layout.original_max_position_embeddings or layout.max_position_embeddings)
+    return scaling
+
+
 def dimension_table(
     config: Mapping[str, Any], method: str, factor: float, **params: float | None
 ) -> list[dict[str, Any]]:
@@ -54,14 +70,14 @@ def dimension_table(
     from ..rope.functions import compute_inv_freq, default_inv_freq
 
     layout: RopeLayout = read_layout(config)
-    scaling = resolve(method, factor, **params)
-    original = scaling.original_max_position_embeddings or layout.original_window() or layout.max_position_embeddings
+    scaling = scaling_for(config, method, factor, **params)
+    original = scaling.original_max_position_embeddings
     theta = float(layout.metadata["rope_theta"].get("global" if layout.targets[0] is None else layout.targets[0])
                   if layout.metadata else layout.main["rope_theta"])
     base = default_inv_freq(layout.rotary_dim, theta)
     new, _ = compute_inv_freq(
         scaling.method, layout.rotary_dim, theta, scaling.factor, original,
-        seq_len=int(round(original * scaling.factor)),
+        seq_len=scaling.window,
         **{k: v for k, v in scaling.params.items() if v is not None},
     )
     rows = []
@@ -80,15 +96,16 @@ def dimension_table(
     return rows
 
 
-def plot_dimensions(rows: list[dict[str, Any]], path: str, title: str, original: int, window: int) -> None:
-    """Wavelength per dimension before and after, against the original and new windows (log scale)."""
-    import matplotlib
+def plot_dimensions(rows: list[dict[str, Any]], path: str | os.PathLike, title: str, original: int, window: int) -> Path:
+    """Wavelength per dimension before and after, against the original and new windows (log scale).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A matplotlib `Figure` (no pyplot state), written atomically like every other picture ctxext draws.
+    """
+    from matplotlib.figure import Figure
 
     colors = {"kept": "tab:blue", "blended": "tab:orange", "interpolated": "tab:red"}
-    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
     dims = [r["dim"] for r in rows]
     ax.plot(dims, [r["wavelength"] for r in rows], color="0.6", lw=1.5, label="original wavelength")
     for kind, color in colors.items():
@@ -103,5 +120,4 @@ def plot_dimensions(rows: list[dict[str, Any]], path: str, title: str, original:
     ax.set_ylabel("wavelength (tokens)")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, path)

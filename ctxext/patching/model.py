@@ -14,15 +14,17 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_rope_utils import dynamic_rope_update
 
-from ..rope.methods import METHODS, resolve
+from .._compat import drop_serialised_config_key, has_stock_dynamic_update, set_serialised_config_key
+from ..errors import first_line
+from ..rope.methods import METHODS, Scaling, resolve
 from ..rope.functions import compute_inv_freq, default_inv_freq
 from ..rope.layout import GLOBAL, RopeConfigError, RopeLayout, read_layout
 from ..rope.plan import REMOVE, RopePatch, patched_config_dict, plan_patch
@@ -57,15 +59,6 @@ def _rotary_modules(model: nn.Module) -> list[_Target]:
     return found
 
 
-# every forward wrapped by transformers' dynamic_rope_update shares this code object
-_DYNAMIC_WRAPPER_CODE = dynamic_rope_update(lambda self, x, position_ids: None).__code__
-
-
-def _has_stock_dynamic_update(module: nn.Module) -> bool:
-    """True when the module's forward recomputes frequencies at run time in stock transformers."""
-    return getattr(type(module).forward, "__code__", None) is _DYNAMIC_WRAPPER_CODE
-
-
 def _check_stock_reading(target: _Target, patch: RopePatch, expected: dict) -> None:
     """Build the rotary module stock transformers would build from the patched config; refuse on any difference.
 
@@ -79,7 +72,7 @@ def _check_stock_reading(target: _Target, patch: RopePatch, expected: dict) -> N
     except Exception as err:  # the config class's own validation
         raise RopeConfigError(
             f"Stock transformers cannot load {patch.scaling.method} for model type {patch.layout.model_type!r}: "
-            f"its config refuses it ({str(err).strip().splitlines()[-1].strip()}); try ntk, a plain rope_theta change."
+            f"its config refuses it ({first_line(err, last=True)}); try ntk, a plain rope_theta change."
         ) from None
     try:
         inspect.signature(type(target.module)).bind(stock_config)
@@ -133,11 +126,11 @@ def _apply_config(config: Any, patch: RopePatch) -> None:
     config.max_position_embeddings = patch.max_position_embeddings
     for key, value in patch.top_level.items():
         if value is REMOVE:
-            config.__dict__.pop(key, None)
+            drop_serialised_config_key(config, key)
         elif key == "rope_scaling":
-            # `rope_scaling` is a v5 property aliasing rope_parameters; to_dict() serialises __dict__,
-            # so a __dict__ entry puts the v4 spelling into config.json without changing the alias
-            config.__dict__["rope_scaling"] = value
+            # `rope_scaling` is a v5 property aliasing rope_parameters: write the v4 spelling into
+            # config.json without changing what the alias returns
+            set_serialised_config_key(config, "rope_scaling", value)
         else:
             setattr(config, key, value)
 
@@ -180,6 +173,34 @@ def patch_model(
     Raises ValueError/TypeError with a sentence on bad input, and then leaves the model untouched.
     """
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
+    return _patch(model, scaling, lambda layout: plan_patch(layout, scaling, replace=replace))
+
+
+def apply_patch(model: nn.Module, patch: RopePatch) -> nn.Module:
+    """Patch `model` in place with a plan already made from its config (`plan_patch`), without planning again.
+
+    The checks are `patch_model`'s (the modules follow the layout, stock transformers reads the patched
+    config the same); a plan made for another config's rope is refused.
+    """
+
+    def planned(layout: RopeLayout) -> RopePatch:
+        if dataclasses.replace(layout, section=patch.layout.section) != patch.layout:
+            raise RopeConfigError(
+                f"This patch was planned for another {patch.layout.model_type} rope layout than the model's "
+                f"{layout.model_type} config; plan it from this model's config."
+            )
+        return patch
+
+    return _patch(model, patch.scaling, planned)
+
+
+def has_dynamic_yarn_hook(module: nn.Module) -> bool:
+    """True when `patch_model` gave this rotary module the dynamic-yarn hook (frequencies follow the length)."""
+    return hasattr(module, "_ctxext_dynamic")
+
+
+def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], RopePatch]) -> nn.Module:
+    """Plan (`plan(layout)` per rotary config), check everything, then apply: the body of patch_model and apply_patch."""
     targets = _rotary_modules(model)
     if not targets:
         config = getattr(model, "config", None)
@@ -197,12 +218,12 @@ def patch_model(
         if id(target.config) in plans:
             continue
         layout = read_layout(target.config.to_dict())
-        plans[id(target.config)] = (target.config, plan_patch(layout, scaling, replace=replace))
+        plans[id(target.config)] = (target.config, plan(layout))
     updates = []
     for target in targets:
         patch = plans[id(target.config)][1]
         layout = patch.layout
-        if METHODS[scaling.method].rope_type == "dynamic" and not _has_stock_dynamic_update(target.module):
+        if METHODS[scaling.method].rope_type == "dynamic" and not has_stock_dynamic_update(target.module):
             raise RopeConfigError(
                 f"{type(target.module).__name__} does not recompute its frequencies at run time in stock "
                 "transformers, so dynamic-ntk would not survive a save and reload; use ntk or yarn instead."

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from ..errors import CtxextError
-from .methods import ntk_rope_theta, resolve, yarn_attention_factor
+from .methods import is_identity, ntk_rope_theta, resolve, yarn_attention_factor
 
 RopeFunction = Callable[..., tuple[torch.Tensor, float]]
 
@@ -104,7 +104,7 @@ def yarn(
     attention_factor: float | None = None,
 ):
     """YaRN (arXiv 2309.00071): per-dim blend of theta_i and theta_i / s, cos/sin scaled by 0.1*ln(s)+1."""
-    if factor == 1.0:
+    if is_identity(factor):
         return default_inv_freq(dim, rope_theta), 1.0 if attention_factor is None else attention_factor
     position_scale = rope_theta ** (torch.arange(0, dim, 2).to(dtype=torch.float) / dim)  # [dim/2], 1/theta_i
     kept = 1.0 / position_scale  # extrapolation: theta_i unchanged

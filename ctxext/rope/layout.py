@@ -9,10 +9,12 @@ included. What a patch then writes is `ctxext.rope.plan`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import CtxextError
+from .methods import scaled_window
 
 NO_ROPE = {
     "gpt2": "learned absolute position embeddings",
@@ -34,6 +36,11 @@ LOCAL_LAYER_TYPES = ("sliding_attention", "chunked_attention")
 WINDOW_IS_SCALED_TYPES = ("gemma3", "gemma3_text")
 
 GLOBAL = None  # the layer-type key of a model with one rope for all layers
+
+
+def recorded_window(record: Mapping[str, Any]) -> int:
+    """The window a `ctxext` config record says a patch reached (`window`; ctxext 0.1 wrote `max_window`)."""
+    return int(record["window"] if "window" in record else record["max_window"])
 
 
 class RopeConfigError(CtxextError):
@@ -85,7 +92,8 @@ class RopeLayout:
     def is_scaled(self) -> bool:
         return self.metadata is not None or self.scaling_type != "default"
 
-    def original_window(self) -> int | None:
+    @property
+    def original_max_position_embeddings(self) -> int | None:
         """The pre-training window L0 as this config records it; None when it cannot tell."""
         if self.metadata:
             return int(self.metadata["original_max_position_embeddings"])
@@ -97,15 +105,16 @@ class RopeLayout:
             return None  # Gemma 3 stores the scaled window only
         return self.max_position_embeddings
 
-    def effective_window(self) -> int:
-        """The window the scaling is meant for, read with the rules in this module's docstring."""
+    @property
+    def window(self) -> int:
+        """The window the config's scaling is meant for (the `window` of `Scaling`), read with this module's rules."""
         if self.metadata:
-            return int(self.metadata["max_window"])
+            return recorded_window(self.metadata)
         kind, factor = self.scaling_type, float(self.main.get("factor") or 1.0)
         if kind == "yarn":
-            return max(self.max_position_embeddings, int(round((self.original_window() or 0) * factor)))
+            return max(self.max_position_embeddings, scaled_window(self.original_max_position_embeddings or 0, factor))
         if kind in ("linear", "dynamic") and self.model_type not in WINDOW_IS_SCALED_TYPES:
-            return int(round(self.max_position_embeddings * factor))
+            return scaled_window(self.max_position_embeddings, factor)
         return self.max_position_embeddings
 
     def describe_scaling(self) -> str:
@@ -114,8 +123,8 @@ class RopeLayout:
             return f"{m['method']} (factor {m['factor']:g}, patched by ctxext from a {m['original_max_position_embeddings']}-token window)"
         main = self.main
         parts = [f"factor {main['factor']:g}"] if main.get("factor") else []
-        if self.original_window():
-            parts.append(f"original window {self.original_window()}")
+        if self.original_max_position_embeddings:
+            parts.append(f"original window {self.original_max_position_embeddings}")
         return f"{self.scaling_type} ({', '.join(parts)})" if parts else self.scaling_type
 
 
@@ -141,6 +150,98 @@ def _is_nested(rope_parameters: Any) -> bool:
     )
 
 
+#: rope dict keys that must be numbers (when present and not null), and what each must satisfy
+NUMBER_KEYS = {
+    "rope_theta": ("a positive number", lambda v: v > 0),
+    "factor": ("a positive number", lambda v: v > 0),
+    "partial_rotary_factor": ("a number in (0, 1]", lambda v: 0 < v <= 1),
+    "attention_factor": ("a positive number", lambda v: v > 0),
+    "beta_fast": ("a number", lambda v: True),
+    "beta_slow": ("a number", lambda v: True),
+    "low_freq_factor": ("a positive number", lambda v: v > 0),
+    "high_freq_factor": ("a positive number", lambda v: v > 0),
+    "mscale": ("a number", lambda v: True),
+    "mscale_all_dim": ("a number", lambda v: True),
+}
+#: config keys that must be whole numbers of at least 1 (when present and not null)
+WHOLE_KEYS = ("head_dim", "hidden_size", "num_attention_heads", "max_position_embeddings", "original_max_position_embeddings")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _wrong(model_type: str, key: str, value: Any, expected: str, where: str = "") -> RopeConfigError:
+    return RopeConfigError(
+        f"The config of {model_type!r} gives {key} {value!r}{where}, which is not {expected}; fix it in config.json."
+    )
+
+
+def check_config_types(config: Mapping[str, Any]) -> None:
+    """Refuse config values of the wrong type (a string where a number belongs) with a sentence.
+
+    Every rule of this module, transformers' and the readers' read these keys; a wrong type would
+    surface as a ValueError deep inside one of them. Runs for RoPE and non-RoPE configs alike.
+    """
+    _, cfg = _section(config)
+    model_type = str(cfg.get("model_type") or config.get("model_type") or "unknown")
+    for key in ("rope_parameters", "rope_scaling"):
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, Mapping):
+            raise _wrong(model_type, key, value, 'an object of rope settings such as {"rope_type": "default", ...}')
+        ropes = {None: value} if not _is_nested(value) else value
+        for layer_type, params in (ropes or {}).items():
+            if isinstance(params, Mapping):
+                _check_rope(model_type, layer_type, params)
+    for key, name in (("rope_theta", "rope_theta"), ("rotary_emb_base", "rope_theta"), ("rope_local_base_freq", "rope_theta"),
+                      ("partial_rotary_factor", "partial_rotary_factor"), ("rotary_pct", "partial_rotary_factor")):
+        value = cfg.get(key)
+        expected, ok = NUMBER_KEYS[name]
+        if value is not None and not (_is_number(value) and ok(value)):
+            raise _wrong(model_type, key, value, expected)
+    for key in WHOLE_KEYS:
+        value = cfg.get(key)
+        if value is not None and not _is_whole(value):
+            raise _wrong(model_type, key, value, "a whole number of at least 1")
+    metadata = cfg.get("ctxext")
+    if metadata is not None:
+        fields = {"method": str, "factor": (int, float), "original_max_position_embeddings": int}
+        window = "window" if isinstance(metadata, Mapping) and "window" in metadata else "max_window"  # 0.1 wrote max_window
+        if not (
+            isinstance(metadata, Mapping)
+            and all(isinstance(metadata.get(k), t) and not isinstance(metadata.get(k), bool)
+                    for k, t in {**fields, window: int}.items())
+            and isinstance(metadata.get("rope_theta", {}), Mapping)
+            and all(_is_number(v) for v in metadata.get("rope_theta", {}).values())
+        ):
+            raise RopeConfigError(
+                f"The ctxext record in this {model_type!r} config is damaged ({metadata!r}); restore config.json "
+                "from the patched checkpoint, or delete the `ctxext` key to treat the model as unpatched."
+            )
+
+
+def _check_rope(model_type: str, layer_type: str | None, params: Mapping[str, Any]) -> None:
+    where = "" if layer_type is None else f" for {layer_type} layers"
+    for key in ("rope_type", "type"):
+        if params.get(key) is not None and not isinstance(params[key], str):
+            raise _wrong(model_type, key, params[key], "the name of a rope type", where)
+    for key, (expected, ok) in NUMBER_KEYS.items():
+        value = params.get(key)
+        if value is not None and not (_is_number(value) and ok(value)):
+            raise _wrong(model_type, key, value, expected, where)
+    value = params.get("original_max_position_embeddings")
+    if value is not None and not _is_whole(value):
+        raise _wrong(model_type, "original_max_position_embeddings", value, "a whole number of at least 1", where)
+    for key in ("short_factor", "long_factor"):
+        value = params.get(key)
+        if value is not None and not (isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)):
+            raise _wrong(model_type, key, value, "a list of numbers", where)
+
+
 def read_layout(config: Mapping[str, Any]) -> RopeLayout:
     """Normalise a config dict (v4 or v5 spelling) to a RopeLayout, or raise RopeConfigError."""
     section, cfg = _section(config)
@@ -151,6 +252,7 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
             f"Model type {model_type!r} has no rotary position embeddings (it uses {uses}); "
             "ctxext extends RoPE models such as Llama, Qwen, Mistral or Gemma."
         )
+    check_config_types(config)  # wrong-typed values get a sentence, not a ValueError from float()
     rope_parameters = cfg.get("rope_parameters")
     rope_scaling = cfg.get("rope_scaling")
     rope_theta = cfg.get("rope_theta", cfg.get("rotary_emb_base"))

@@ -92,6 +92,9 @@ ALIASES: Mapping[str, str] = MappingProxyType({a: m.name for m in METHODS.values
 #: every spelling `--method` accepts, canonical names first
 METHOD_CHOICES: tuple[str, ...] = (*METHODS, *ALIASES)
 
+#: every method parameter of the registry (HF spelling), in order of first appearance
+METHOD_PARAMETERS: tuple[str, ...] = tuple(dict.fromkeys(p for m in METHODS.values() for p in m.params))
+
 
 @dataclass(frozen=True)
 class Scaling:
@@ -112,10 +115,27 @@ class Scaling:
 
     @property
     def is_identity(self) -> bool:
-        return self.factor == 1.0
+        return is_identity(self.factor)
+
+    @property
+    def window(self) -> int | None:
+        """The window this scaling is meant for, in tokens (None until a model supplies its original window)."""
+        if self.original_max_position_embeddings is None:
+            return None
+        return scaled_window(self.original_max_position_embeddings, self.factor)
 
     def with_window(self, original_max_position_embeddings: int) -> "Scaling":
         return Scaling(self.method, self.factor, self.params, _check_window(original_max_position_embeddings))
+
+
+def scaled_window(original_max_position_embeddings: int, factor: float) -> int:
+    """The window `factor` x an original window reaches, in whole tokens: the one place it is computed."""
+    return int(round(original_max_position_embeddings * factor))
+
+
+def is_identity(factor: float) -> bool:
+    """The identity scaling: a factor of 1 leaves RoPE as it is, whatever the method (the one definition)."""
+    return factor <= 1.0
 
 
 def canonical_method(method: str) -> str:
@@ -207,7 +227,7 @@ def resolve(
 
 def yarn_attention_factor(factor: float) -> float:
     """YaRN's recommended cos/sin scale, 0.1*ln(s)+1 (Peng et al. 2023, eq. 22); 1 for s <= 1."""
-    return 1.0 if factor <= 1.0 else 0.1 * math.log(factor) + 1.0
+    return 1.0 if is_identity(factor) else 0.1 * math.log(factor) + 1.0
 
 
 def ntk_rope_theta(rope_theta: float, factor: float, dim: int) -> float:

@@ -29,9 +29,11 @@ Phi-3 rule read it there). A `ctxext` key records what was done, so a second pat
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .._compat import speaks_transformers_v4
 from .layout import GLOBAL, WINDOW_IS_SCALED_TYPES, RopeConfigError, RopeLayout
 from .methods import Scaling, ntk_rope_theta
 
@@ -66,19 +68,6 @@ STOCK_ROPE_TYPES = {
     "phi3": ("default", "longrope"),
 }
 
-#: model types transformers 4.57 loads as causal LMs: these get the v4 spelling next to the v5 one
-V4_MODEL_TYPES = frozenset("""
-    apertus arcee aria_text bamba bitnet blt code_llama cohere cohere2 dbrx deepseek_v2 deepseek_v3
-    diffllama doge dots1 emu3 ernie4_5 ernie4_5_moe exaone4 falcon falcon_h1 flex_olmo fuyu gemma gemma2
-    gemma3 gemma3_text gemma3n gemma3n_text glm glm4 glm4_moe gpt_neox gpt_neox_japanese gpt_oss gptj
-    granite granitemoe granitemoehybrid granitemoeshared helium hunyuan_v1_dense hunyuan_v1_moe jamba
-    jetmoe lfm2 llama llama4 llama4_text longcat_flash minimax ministral mistral mixtral mllama
-    modernbert-decoder moshi nemotron olmo olmo2 olmo3 olmoe open-llama persimmon phi phi3
-    phi4_multimodal phimoe qwen2 qwen2_moe qwen3 qwen3_moe qwen3_next recurrent_gemma seed_oss smollm3
-    stablelm starcoder2 vaultgemma zamba zamba2
-""".split())
-
-
 class _Remove:
     """Marks a key a patch deletes from the config."""
 
@@ -112,7 +101,8 @@ class RopePatch:
 
     @property
     def window(self) -> int:
-        return int(round(self.original_max_position_embeddings * self.scaling.factor))
+        """The window the patch reaches (see `Scaling.window`); what max_position_embeddings says depends on the reader rule."""
+        return self.scaling.window
 
     @property
     def rope_parameters(self) -> dict[str, Any]:
@@ -120,14 +110,14 @@ class RopePatch:
         return copy.deepcopy(self.rope[GLOBAL] if GLOBAL in self.rope else self.rope)
 
 
-def window_rule(method: str, original: int, factor: float, model_type: str) -> int:
-    """max_position_embeddings to write so that each reader derives the window original x factor."""
-    window = int(round(original * factor))
-    if factor == 1.0:
+def window_rule(scaling: Scaling, model_type: str) -> int:
+    """max_position_embeddings to write so that each reader derives `scaling.window` (its window set)."""
+    original = scaling.original_max_position_embeddings
+    if scaling.is_identity:
         return original
-    if method in ("pi", "dynamic-ntk") and model_type not in WINDOW_IS_SCALED_TYPES:
+    if scaling.method in ("pi", "dynamic-ntk") and model_type not in WINDOW_IS_SCALED_TYPES:
         return original  # vLLM multiplies by factor; stock dynamic reads it as the original window
-    return window
+    return scaling.window
 
 
 def _rope_dict(scaling: Scaling, old: Mapping[str, Any], theta: float, rotary_dim: int) -> dict[str, Any]:
@@ -185,8 +175,15 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
             f"so a {scaling.method} checkpoint would not load as written; use ntk (a plain rope_theta change)."
         )
     original = scaling.original_max_position_embeddings
+    recorded_window = layout.original_max_position_embeddings or layout.max_position_embeddings
+    if original is not None and original > recorded_window:  # issue 10: accepted, but worth one line
+        warnings.warn(
+            f"original_max_position_embeddings {original:,} is larger than the {recorded_window:,}-token window this "
+            f"config records, so the factor counts from {original:,}; give the window the model was pre-trained with.",
+            stacklevel=2,
+        )
     if original is None:
-        original = layout.original_window() if layout.is_scaled else layout.max_position_embeddings
+        original = layout.original_max_position_embeddings if layout.is_scaled else layout.max_position_embeddings
         if original is None:
             raise RopeConfigError(
                 f"The config of this {layout.model_type} model does not record the window it was pre-trained "
@@ -203,10 +200,10 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
         thetas[layer_type] = float(recorded.get(_key(layer_type), old["rope_theta"]))
         rope[layer_type] = _rope_dict(scaling, old, thetas[layer_type], layout.rotary_dim)
 
-    window = window_rule(scaling.method, original, scaling.factor, layout.model_type)
+    window = window_rule(scaling, layout.model_type)
     main = rope[layout.targets[0]]
     top: dict[str, Any] = {}
-    speaks_v4 = layout.model_type in V4_MODEL_TYPES or layout.v4_spelling
+    speaks_v4 = speaks_transformers_v4(layout.model_type) or layout.v4_spelling
     if speaks_v4 and (not layout.nested or layout.model_type in WINDOW_IS_SCALED_TYPES):
         top["rope_theta"] = main["rope_theta"]
         top["rope_scaling"] = _v4_rope_scaling(main)
@@ -233,7 +230,7 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
             "method": scaling.method,
             "factor": scaling.factor,
             "original_max_position_embeddings": original,
-            "max_window": int(round(original * scaling.factor)),
+            "window": scaling.window,
             "rope_theta": {_key(t): theta for t, theta in thetas.items()},
             "params": {k: v for k, v in scaling.params.items() if v is not None},
         }

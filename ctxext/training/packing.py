@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._compat import dataset_fingerprint
 from ..errors import CtxextError
 
 CACHE_ENV = "CTXEXT_CACHE"
@@ -49,32 +50,53 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def token_stream(texts: Any, tokenizer: Any, cache_dir: str | os.PathLike | None = None, batch_size: int = 64) -> np.ndarray:
+def token_stream(
+    texts: Any, tokenizer: Any, cache_dir: str | os.PathLike | None = None, batch_size: int = 64, min_tokens: int = 0
+) -> np.ndarray:
     """All documents of `texts` (a Dataset with a `text` column) tokenized and joined: doc EOS doc EOS ...
 
     Each document is tokenized with the tokenizer's own special tokens (a BOS where it adds one),
-    then EOS is appended unless the tokenizer already put it there.
+    then EOS is appended unless the tokenizer already put it there. A stream shorter than
+    `min_tokens` is returned from memory and never cached, so data too short to use leaves no file.
     """
     eos = tokenizer.eos_token_id
     if eos is None:
         raise CtxextError("The tokenizer has no EOS token to join documents with; set tokenizer.eos_token first.")
     # datasets fingerprints a Dataset by its content and the transforms applied to it
+    data = dataset_fingerprint(texts)
     key = hashlib.sha256(
-        json.dumps({"format": _FORMAT, "data": texts._fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer)}).encode()
+        json.dumps({"format": _FORMAT, "data": data, "tokenizer": tokenizer_fingerprint(tokenizer)}).encode()
     ).hexdigest()[:20]
     path = cache_root(cache_dir) / "tokens" / f"{key}.u32"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        held: list[np.ndarray] | None = []  # ids kept in memory until min_tokens are reached (then: the file)
+        count, out = 0, None
         try:
-            with open(tmp, "wb") as out:
-                for batch in texts.iter(batch_size=batch_size):
-                    for ids in tokenizer(batch["text"])["input_ids"]:
-                        if not ids or ids[-1] != eos:
-                            ids = [*ids, eos]
-                        out.write(np.asarray(ids, dtype=np.uint32).tobytes())
+            for batch in texts.iter(batch_size=batch_size):
+                for ids in tokenizer(batch["text"])["input_ids"]:
+                    if not ids or ids[-1] != eos:
+                        ids = [*ids, eos]
+                    chunk = np.asarray(ids, dtype=np.uint32)
+                    count += len(chunk)
+                    if held is not None:
+                        held.append(chunk)
+                        if count < min_tokens:
+                            continue
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        out = open(tmp, "wb")
+                        for piece in held:
+                            out.write(piece.tobytes())
+                        held = None
+                    else:
+                        out.write(chunk.tobytes())
+            if held is not None:  # shorter than min_tokens: nothing written anywhere
+                return np.concatenate(held) if held else np.zeros(0, dtype=np.uint32)
+            out.close()
             os.replace(tmp, path)  # readers see a whole stream or none
         finally:
+            if out is not None:
+                out.close()
             tmp.unlink(missing_ok=True)
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=np.uint32)
@@ -107,13 +129,35 @@ def read_dataset(dataset: Any, split: str = "train", text_field: str | None = No
     return ids
 
 
-def tokenize(data: Any, tokenizer: Any, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
-    """The token stream of what `read_dataset` returned (ids pass through unchanged)."""
+def tokenize(data: Any, tokenizer: Any, cache_dir: str | os.PathLike | None = None, min_tokens: int = 0) -> np.ndarray:
+    """The token stream of what `read_dataset` returned (ids pass through unchanged); see token_stream."""
     if isinstance(data, np.ndarray):
         return data
     if tokenizer is None:
         raise CtxextError("Text data needs a tokenizer: pass tokenizer=..., or give token ids instead of text.")
-    return token_stream(data, tokenizer, cache_dir)
+    return token_stream(data, tokenizer, cache_dir, min_tokens=min_tokens)
+
+
+def check_tokens(tokens: np.ndarray, length: int, config: dict, tokenizer: Any, described: str) -> None:
+    """Refuse data that cannot train this model: less than one sequence, or ids outside its vocabulary."""
+    if len(tokens) < length:
+        raise CtxextError(
+            f"Dataset {described} holds {len(tokens):,} tokens, fewer than one training sequence of {length:,}; "
+            "give more text or a smaller --seq-len."
+        )
+    vocab_size = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    if vocab_size and tokenizer is not None and len(tokenizer) > vocab_size:
+        raise CtxextError(
+            f"The tokenizer has {len(tokenizer):,} tokens but the model's vocabulary only {vocab_size:,}; "
+            "use the model's own tokenizer."
+        )
+    if vocab_size and tokenizer is None and int(tokens.max()) >= vocab_size:
+        raise CtxextError(f"Token id {int(tokens.max())} is outside the model's vocabulary of {vocab_size:,}.")
+
+
+def describe_dataset(dataset: Any) -> str:
+    """A name for the dataset in messages and the run record: its path or hub name, or its type."""
+    return str(dataset) if isinstance(dataset, (str, os.PathLike)) else f"in-memory {type(dataset).__name__}"
 
 
 def pose_position_ids(length: int, target: int, generator: torch.Generator, chunks: int = 2) -> torch.Tensor:

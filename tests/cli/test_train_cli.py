@@ -90,7 +90,7 @@ def test_a_short_cli_run_writes_the_checkpoint(work, model_dir, capsys, monkeypa
     code, err = run_cli(argv, capsys)
     assert code == 0, err
     assert sorted(p.name for p in (work / "out").iterdir()) == [
-        "README.md", "adapter", "config.json", "generation_config.json", "model.safetensors",
+        ".ctxext", "README.md", "adapter", "config.json", "generation_config.json", "model.safetensors",
         "tokenizer.json", "tokenizer_config.json", "train_log.jsonl",
     ]  # fmt: skip
     config = json.loads((work / "out" / "config.json").read_text())

@@ -10,8 +10,9 @@ from ctxext.demo.run import demo_model_path
 from ctxext.demo.synthetic import RULER_TASKS
 from ctxext.evaluation.passkey import evaluate_passkey
 from ctxext.evaluation.ruler import evaluate_ruler
+from pictures import assert_picture
 
-#: the embedded model's RULER average at its own window (6 samples x 3 tasks, seed 7), as measured less a margin
+#: the embedded model's RULER average at its own window (6 samples x 3 tasks, seed 7): RULER's threshold
 RULER_AT_256 = 85.6
 
 
@@ -37,17 +38,28 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     assert main(["demo", "--quick", "--quiet", "--output", str(out)]) == 0  # the table even when quiet
     printed = capsys.readouterr().out
     report = json.loads((out / "demo.json").read_text())
-    assert report["original_window"] == 256 and report["factor"] == 8
+    assert report["original_max_position_embeddings"] == 256 and report["factor"] == 8
     names = ["base", "pi", "ntk", "yarn", "pi+lora", "yarn+lora"]
     assert [(r["model"], r["length"]) for r in report["rows"]] == [(n, L) for n in names for L in (256, 512, 1024, 2048)]
     for row in report["rows"]:
         assert 0 <= row["accuracy"] <= 1 and row["perplexity"] > 1 and 0 <= row["ruler"] <= 100
     assert report["ruler"]["tasks"] == list(RULER_TASKS) and set(report["ruler"]["effective_length"]) == set(names)
     assert report["ruler"]["claimed_window"]["base"] == 256 and report["ruler"]["claimed_window"]["yarn"] == 2048
+    # what README's "What the demo shows" claims, at quick settings (3 keys per cell, 25 fine-tune steps)
+    acc = {(r["model"], r["length"]): r["accuracy"] for r in report["rows"]}
+    ppl = {(r["model"], r["length"]): r["perplexity"] for r in report["rows"]}
+    assert acc["base", 256] == 1.0 and acc["base", 2048] == 0.0  # every key inside its window, none at 8x
+    assert acc["yarn+lora", 2048] == acc["base", 256] == 1.0  # at 8x as well as the base model at 1x
+    assert min(acc["yarn+lora", n] for n in (256, 512, 1024, 2048)) == 1.0
+    assert ppl["yarn+lora", 2048] < ppl["base", 2048]
+    assert acc["ntk", 512] == 1.0 and acc["ntk", 1024] > acc["base", 1024] and acc["ntk", 2048] == 0.0  # breaks at 8x
+    assert acc["yarn", 2048] >= 0.5 > acc["base", 2048]  # yarn retrieves at 8x without training
+    assert all(acc["pi", n] == 0.0 for n in (256, 512, 1024, 2048)) and ppl["pi", 256] > 10  # pi wrecks the small model
+    assert ppl["pi+lora", 2048] < ppl["pi", 2048] / 4 and acc["pi+lora", 2048] == 0.0  # perplexity repaired, retrieval not
     for name in names:
         assert name in printed
     for picture in ["passkey_accuracy.png", "perplexity.png"] + [f"passkey_heatmap_{n}.png" for n in ("base", "yarn")]:
-        assert (out / picture).read_bytes()[:4] == b"\x89PNG", picture
+        assert_picture(out / picture)
     md = (out / "report.md").read_text()
     assert "| yarn+lora |" in md and "![accuracy vs length](passkey_accuracy.png)" in md
     assert "![RULER average vs length](ruler/ruler_average.png)" in md and "RULER average" in printed

@@ -105,6 +105,58 @@ def test_batching_and_softcapped_logits_give_the_same_numbers():
     assert one["results"][0]["perplexity"] == pytest.approx(direct_perplexity(model, ids, 48, 24)[0], rel=1e-5)
 
 
+def test_scoring_runs_through_the_chunked_head_never_the_full_logits(monkeypatch):
+    """A transformers LM is scored through its decoder and the chunked LM head: the head never sees more
+    than one chunk of positions, and the numbers are the direct computation's."""
+    import ctxext.lm_head
+
+    tokenizer = byte_tokenizer()
+    model = tiny_llama(seed=0, window=64)
+    monkeypatch.setattr(ctxext.lm_head, "CHUNK_LOGITS", 16 * model.config.vocab_size)  # 16 positions per chunk
+    rows, forwards = [], []
+    linear = torch.nn.functional.linear
+
+    def head_rows(input, weight, bias=None):  # every product with the head's weight, whoever makes it
+        if weight is model.lm_head.weight:
+            rows.append(input.shape[:-1].numel())
+        return linear(input, weight, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", head_rows)
+    model.register_forward_hook(lambda module, args, kwargs, out: forwards.append(kwargs["input_ids"].shape),
+                                with_kwargs=True)
+    texts = documents(3, 400, seed=1)
+    report = evaluate_perplexity([("tiny", model, tokenizer)], texts, [64, 200], stride=200, progress=False)
+    assert forwards == [(1, 8), (1, 8)]  # the model's own forward: only the 8-token check, once per length
+    assert max(rows) <= 16 and len(rows) > 20  # the head: one chunk of positions at a time (the checks: 8)
+    ids = [tokenizer(t).input_ids[:200] for t in texts]
+    for record in report["results"]:
+        expected, count = direct_perplexity(model, ids, record["length"], record["length"])
+        assert record["perplexity"] == pytest.approx(expected, rel=1e-5) and record["tokens"] == count
+
+
+def test_a_model_whose_forward_is_more_than_its_head_is_scored_through_its_logits():
+    from transformers import LlamaForCausalLM
+
+    from ctxext.evaluation.perplexity import head_matches_forward
+
+    class Tempered(LlamaForCausalLM):  # logits divided by 2 after the head: nothing LogitTransform knows
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits / 2
+            return out
+
+    tokenizer = byte_tokenizer()
+    model = Tempered(tiny_llama(seed=0, window=64).config).eval()
+    assert not head_matches_forward(model) and head_matches_forward(tiny_llama(seed=0, window=64))
+    texts = documents(2, 200, seed=4)
+    (record,) = evaluate_perplexity([("t", model, tokenizer)], texts, [100], stride=100, progress=False)["results"]
+    ids = torch.tensor([tokenizer(t).input_ids[:100] for t in texts])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1]
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    assert record["perplexity"] == pytest.approx(math.exp(float(expected)), rel=1e-5)
+
+
 def test_documents_are_cut_to_the_longest_length_and_short_ones_skipped():
     tokenizer = byte_tokenizer()
     texts = ["short text", "x" * 500, "y" * 50, "z" * 300]

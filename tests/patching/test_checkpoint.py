@@ -185,8 +185,8 @@ def test_bad_models_and_outputs(sources, gpt2_checkpoint, tmp_path):
         ([tmp_path / "missing", "--output", tmp_path / "o1"], "not found: no such directory"),
         ([gpt2_checkpoint, "--output", tmp_path / "o2"], "has no rotary position embeddings (it uses learned"),
         ([sources["llama"], "--output", "/proc/ctxext/out"], "Cannot write /proc/ctxext/out"),
-        ([sources["llama"], "--output", sources["llama"] / "config.json" / "out"], "Cannot write to"),
-        ([sources["llama"], "--output", sources["llama"] / "inside"], "inside the source checkpoint"),
+        ([sources["llama"], "--output", tmp_path / "gpt2" / "config.json" / "out"], "it is a file, not a directory"),
+        ([sources["llama"], "--output", sources["llama"] / "inside"], "lies inside the input"),
     ]
     for args, message in cases:
         result = no_traceback_run("patch", *[args[0]], "--method", "yarn", "--factor", "4", *args[1:])
@@ -196,17 +196,26 @@ def test_bad_models_and_outputs(sources, gpt2_checkpoint, tmp_path):
     assert not (sources["llama"] / "inside").exists()
 
 
-def test_existing_output_is_untouched_unless_overwrite(sources, tmp_path):
+def test_existing_output_is_untouched_unless_overwrite_and_ctxext_wrote_it(sources, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     result = no_traceback_run("patch", sources["llama"], "--method", "yarn", "--factor", "4", "--output", out)
     assert result.returncode == 2 and "already exists" in result.stderr and "--overwrite" in result.stderr
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep me"
+    # --overwrite replaces only what ctxext wrote: a folder without its marker is never deleted
     result = no_traceback_run("patch", sources["llama"], "--method", "yarn", "--factor", "4", "--output", out,
                               "--overwrite")
-    assert result.returncode == 0 and not (out / "mine.txt").exists() and (out / "config.json").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert result.returncode == 2 and "ctxext did not write it" in result.stderr, result.stderr
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep me"
+    mine = tmp_path / "mine"
+    out.rename(mine)
+    assert no_traceback_run("patch", sources["llama"], "--method", "yarn", "--factor", "4", "--output", out).returncode == 0
+    assert (out / ".ctxext").is_file()
+    result = no_traceback_run("patch", sources["llama"], "--method", "pi", "--factor", "2", "--output", out,
+                              "--overwrite")
+    assert result.returncode == 0 and json.loads((out / "config.json").read_text())["ctxext"]["method"] == "pi"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "out"]  # no staging, lock or old copy left
 
 
 def test_patch_and_info_import_no_torch(sources, tmp_path):
@@ -219,3 +228,35 @@ def test_patch_and_info_import_no_torch(sources, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("NO-TORCH")
+
+
+def test_factor_1_rewrites_into_both_spellings_and_replace_restores_the_unscaled_model(sources, tmp_path, capsys):
+    # README: `--method ntk --factor 1` rewrites any checkpoint into both spellings without changing it,
+    # and `--factor 1 --replace` restores the unscaled model (both once crashed after writing, exit 1)
+    both = tmp_path / "both"
+    code, out, err = run_cli("patch", sources["llama"], "--method", "ntk", "--factor", 1, "--output", both,
+                             capsys=capsys)
+    assert code == 0 and err == "" and "unscaled" in out
+    config = json.loads((both / "config.json").read_text())
+    original = json.loads((sources["llama"] / "config.json").read_text())
+    assert config["rope_parameters"]["rope_type"] == "default" and "ctxext" not in config
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == original["rope_parameters"]["rope_theta"]
+    assert config["max_position_embeddings"] == L0
+    ids = token_ids(2 * L0)
+    base = AutoModelForCausalLM.from_pretrained(sources["llama"]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(both).eval()(ids).logits, base(ids).logits,
+                                   rtol=0, atol=0)
+
+    scaled, restored = tmp_path / "yarn", tmp_path / "restored"
+    assert run_cli("patch", sources["llama"], "--method", "yarn", "--factor", 8, "--output", scaled,
+                   capsys=capsys)[0] == 0
+    code, out, err = run_cli("patch", scaled, "--method", "yarn", "--factor", 1, "--replace", "--output", restored,
+                             capsys=capsys)
+    assert code == 0 and err == "" and "unscaled" in out
+    config = json.loads((restored / "config.json").read_text())
+    assert config["rope_parameters"]["rope_type"] == "default" and "ctxext" not in config
+    assert config["max_position_embeddings"] == L0
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(restored).eval()(ids).logits,
+                                   base(ids).logits, rtol=0, atol=0)

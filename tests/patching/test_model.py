@@ -111,7 +111,7 @@ def test_config_is_written_in_both_spellings(tmp_path):
     assert saved["rope_theta"] == 10000.0 and saved["partial_rotary_factor"] == 0.5
     assert saved["max_position_embeddings"] == 8 * L0
     assert saved["original_max_position_embeddings"] == L0
-    assert saved["ctxext"]["method"] == "yarn" and saved["ctxext"]["max_window"] == 8 * L0
+    assert saved["ctxext"]["method"] == "yarn" and saved["ctxext"]["window"] == 8 * L0
 
 
 @pytest.mark.parametrize("arch", ["llama", "phi", "gpt_neox", "gemma3_text"])
@@ -143,7 +143,7 @@ def test_max_position_embeddings_follows_the_window_rule():
         model = tiny_model("llama")
         ctxext.patch_model(model, method, 8)
         assert model.config.max_position_embeddings == window, method
-        assert read_layout(model.config.to_dict()).effective_window() == 8 * L0
+        assert read_layout(model.config.to_dict()).window == 8 * L0
     gemma = tiny_model("gemma3_text")  # vLLM does not multiply for Gemma 3
     ctxext.patch_model(gemma, "pi", 8)
     assert gemma.config.max_position_embeddings == 8 * L0
@@ -233,7 +233,7 @@ def test_already_scaled_model_is_refused_unless_replaced(kind):
     layout = read_layout(model.config.to_dict())
     original = {"llama3": 32, "yarn": 64, "linear": L0}[kind]
     assert model.config.rope_parameters["original_max_position_embeddings"] == original
-    assert layout.effective_window() == 8 * original
+    assert layout.window == 8 * original
 
 
 def test_longrope_phi3_is_recognised():
@@ -323,3 +323,40 @@ def test_patch_model_returns_the_same_object():
     model = tiny_model("llama")
     assert ctxext.patch_model(model, "pi", 2) is model
     assert tiny_config("llama").max_position_embeddings == L0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_a_patch_planned_once_applies_like_patch_model_without_planning_again(arch, monkeypatch):
+    import ctxext.patching.model
+    from ctxext.patching.model import apply_patch
+    from ctxext.rope.methods import resolve
+    from ctxext.rope.plan import plan_patch
+
+    reference = ctxext.patch_model(tiny_model(arch), "yarn", 4)
+    model = tiny_model(arch)
+    patch = plan_patch(read_layout(model.config.to_dict()), resolve("yarn", 4))
+
+    def no_second_plan(*args, **kwargs):
+        raise AssertionError("apply_patch planned the patch again")
+
+    monkeypatch.setattr(ctxext.patching.model, "plan_patch", no_second_plan)
+    assert apply_patch(model, patch) is model
+    assert model.config.to_dict() == reference.config.to_dict()
+    ids = token_ids(4 * 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=0, atol=0)
+
+
+def test_a_patch_planned_for_another_config_is_refused_and_changes_nothing():
+    from ctxext.patching.model import apply_patch
+    from ctxext.rope.layout import RopeConfigError
+    from ctxext.rope.methods import resolve
+    from ctxext.rope.plan import plan_patch
+
+    other = tiny_model("llama", max_position_embeddings=128)
+    patch = plan_patch(read_layout(other.config.to_dict()), resolve("yarn", 4))
+    model = tiny_model("llama")
+    before = model.config.to_dict(), model.model.rotary_emb.inv_freq.clone()
+    with pytest.raises(RopeConfigError, match="planned for another llama rope layout"):
+        apply_patch(model, patch)
+    assert model.config.to_dict() == before[0] and torch.equal(model.model.rotary_emb.inv_freq, before[1])

@@ -5,12 +5,10 @@ run in a subprocess, so both major versions read the very same files.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -18,23 +16,12 @@ import ctxext.patching.checkpoint
 from ctxext.patching.checkpoint import patch_checkpoint
 from checkpoints import save_checkpoint
 from tiny import token_ids
+from v4env import v4_env  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
-V4 = ROOT / ".v4"
-V4_PACKAGES = ["transformers==4.57.6", "huggingface_hub==0.36.0", "tokenizers==0.22.1", "regex", "requests",
-               "urllib3", "idna", "certifi", "charset-normalizer"]
 CASES = [("llama", "yarn"), ("llama", "pi"), ("llama", "llama3"), ("llama", "ntk"), ("llama", "dynamic-ntk"),
          ("llama", "ntk-by-parts"), ("phi", "yarn"), ("gpt_neox", "yarn"), ("gpt_neox", "ntk"),
          ("gemma3_text", "yarn"), ("qwen2", "pi")]
-
-
-@pytest.fixture(scope="module")
-def v4_env():
-    marker = V4 / "transformers-4.57.6.dist-info"
-    if not marker.exists():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(V4), *V4_PACKAGES],
-                       check=True)
-    return {**os.environ, "PYTHONPATH": str(V4), "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
 
 
 def v4_logits(jobs, tmp_path, env):

@@ -46,7 +46,7 @@ MISTRAL_7B = {  # mistralai/Mistral-7B-v0.1
 def test_llama31_is_recognised_as_llama3_scaled():
     layout = read_layout(LLAMA31_8B)
     assert layout.rotary_dim == 128 and layout.scaling_type == "llama3" and layout.is_scaled
-    assert layout.original_window() == 8192 and layout.effective_window() == 131072
+    assert layout.original_max_position_embeddings == 8192 and layout.window == 131072
     with pytest.raises(RopeConfigError, match=r"already uses llama3 \(factor 8, original window 8192\)"):
         plan_patch(layout, resolve("yarn", 16))
 
@@ -65,8 +65,8 @@ def test_llama31_replaced_by_yarn_counts_from_8192():
 
 def test_qwen_yarn_snippet_has_a_4x_window():
     layout = read_layout(QWEN25_7B_YARN)
-    assert layout.scaling_type == "yarn" and layout.original_window() == 32768
-    assert layout.effective_window() == 131072
+    assert layout.scaling_type == "yarn" and layout.original_max_position_embeddings == 32768
+    assert layout.window == 131072
 
 
 def test_pythia_v4_names_are_read_and_written():
@@ -82,7 +82,7 @@ def test_pythia_v4_names_are_read_and_written():
 
 def test_phi3_longrope_is_recognised():
     layout = read_layout(PHI3_MINI_128K)
-    assert layout.scaling_type == "longrope" and layout.original_window() == 4096
+    assert layout.scaling_type == "longrope" and layout.original_max_position_embeddings == 4096
     with pytest.raises(RopeConfigError, match="already uses longrope"):
         plan_patch(layout, resolve("ntk", 2))
     with pytest.raises(RopeConfigError, match="accepts only rope types default, longrope"):
@@ -93,7 +93,7 @@ def test_gemma3_composite_config_patches_text_config_global_layers():
     layout = read_layout(GEMMA3_4B_TEXT)
     assert layout.section == "text_config" and layout.targets == ("full_attention",)
     assert layout.rope["sliding_attention"] == {"rope_type": "default", "rope_theta": 10000.0}
-    assert layout.scaling_type == "linear" and layout.original_window() is None  # not recorded
+    assert layout.scaling_type == "linear" and layout.original_max_position_embeddings is None  # not recorded
     with pytest.raises(RopeConfigError, match="does not record the window it was pre-trained with"):
         plan_patch(layout, resolve("yarn", 8), replace=True)
     patch = plan_patch(layout, resolve("yarn", 8, original_max_position_embeddings=32768), replace=True)
@@ -107,7 +107,7 @@ def test_gemma3_composite_config_patches_text_config_global_layers():
 
 def test_mistral_window_and_rules_per_method():
     layout = read_layout(MISTRAL_7B)
-    assert not layout.is_scaled and layout.effective_window() == 32768
+    assert not layout.is_scaled and layout.window == 32768
     expected = {"pi": 32768, "dynamic-ntk": 32768, "ntk": 131072, "yarn": 131072, "llama3": 131072}
     for method, window in expected.items():
         assert plan_patch(layout, resolve(method, 4)).max_position_embeddings == window, method
@@ -124,3 +124,16 @@ def test_mistral_window_and_rules_per_method():
 def test_unusable_configs_get_a_sentence(config, message):
     with pytest.raises(RopeConfigError, match=message):
         read_layout(config)
+
+
+def test_a_record_written_by_ctxext_0_1_still_reads():
+    """ctxext 0.1 recorded the patched window as `max_window`; it is now `window`, and both read the same."""
+    patch = plan_patch(read_layout(MISTRAL_7B), resolve("pi", 4))
+    out = patched_config_dict(MISTRAL_7B, patch)
+    assert out["ctxext"]["window"] == 131072 and "max_window" not in out["ctxext"]
+    old = {**out, "ctxext": {k: v for k, v in out["ctxext"].items() if k != "window"} | {"max_window": 131072}}
+    for config in (out, old):
+        layout = read_layout(config)
+        assert layout.window == 131072 and layout.original_max_position_embeddings == 32768
+        again = plan_patch(layout, resolve("yarn", 2), replace=True)  # counts from the recorded original window
+        assert again.window == 65536 and patched_config_dict(config, again)["max_position_embeddings"] == 65536

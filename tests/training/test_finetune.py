@@ -105,6 +105,52 @@ def test_recipe_refuses_bad_values_with_a_sentence(kwargs, message):
         Recipe(**kwargs)
 
 
+def test_unknown_keywords_are_refused_naming_the_valid_ones(tmp_path):
+    with pytest.raises(CtxextError, match=r"unknown argument\(s\) max_step; valid recipe fields: seq_len, .*max_steps"):
+        finetune(tiny_model("llama"), "yarn", 2, list(range(4, 100)), tmp_path / "out", max_step=3)
+    with pytest.raises(CtxextError, match=r"Unknown parameter\(s\) beta_fast for method 'pi'"):
+        finetune(tiny_model("llama"), "pi", 2, list(range(4, 100)), tmp_path / "out", beta_fast=8.0)
+    with pytest.raises(CtxextError, match="recipe must be a ctxext Recipe"):
+        finetune(tiny_model("llama"), "pi", 2, list(range(4, 100)), tmp_path / "out", {"max_steps": 3})
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_recipe_with_keywords_on_top_and_the_callers_random_state_left_alone(tmp_path):
+    """Keywords override the recipe's fields; the run seeds its own generators and gives the caller's back."""
+    import random
+
+    import numpy as np
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    model = tiny_model("llama")  # (tiny_model seeds torch itself)
+    ids = torch.randint(4, 128, (4000,), generator=torch.Generator().manual_seed(0))
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    expected = draws()
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    recipe = Recipe(max_steps=3, learning_rate=1e-3, warmup_steps=2, seq_len=64, save_every=0)
+    result = finetune(model, "pi", 2, ids, tmp_path / "out", recipe, warmup_steps=0, progress=False)
+    assert draws() == expected
+    assert [r["lr"] for r in result.log] == [1e-3, 1e-3, 1e-3]  # warmup_steps=0 won over the recipe's 2
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "0 warmup steps" in card and "3 x 1 sequences" in card
+
+
+def test_the_patch_is_planned_once_per_run(tmp_path, monkeypatch):
+    import ctxext.patching.model
+    import ctxext.rope.plan
+    import ctxext.training.finetune as module
+
+    plans = []
+    plan = ctxext.rope.plan.plan_patch
+    monkeypatch.setattr(module, "plan_patch", lambda *a, **k: plans.append(1) or plan(*a, **k))
+    monkeypatch.setattr(ctxext.patching.model, "plan_patch", lambda *a, **k: pytest.fail("planned a second time"))
+    ids = torch.randint(4, 128, (2000,), generator=torch.Generator().manual_seed(0))
+    result = finetune(tiny_model("llama"), "yarn", 2, ids, tmp_path / "out", max_steps=1, save_every=0, progress=False)
+    assert plans == [1] and result.model.config.rope_parameters["rope_type"] == "yarn"
+
+
 def test_loss_falls_and_the_log_records_every_step(trained):
     log = trained.log
     assert [r["step"] for r in log] == list(range(1, 31))

@@ -1,7 +1,9 @@
 """On a machine with a CUDA GPU: finetune under FSDP through recipes/accelerate/fsdp_8gpu.yaml (one process).
 
-FSDP shards the weights, so the merge at the end gathers the full state onto the main process and
-rebuilds the model there; CPU-only CI cannot reach that path (accelerate runs FSDP on GPUs only).
+FSDP shards the weights: the model is read onto the CPU (the main process only) and sharded onto the
+GPU by accelerate, and the merge at the end gathers the full state onto the main process and assigns
+it to a model built there on the meta device. CPU-only CI cannot reach that path (accelerate runs
+FSDP on GPUs only); tests/training/test_fsdp_loading.py tests its loading and merge logic directly.
 """
 
 import json

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ...errors import CtxextError
+from ...io import one_writer
 from ..common import (
     ModelEntry,
     ModelSpec,
@@ -157,6 +158,7 @@ def build_report(results: list[dict], windows: dict[str, int | None], threshold:
     }
 
 
+@one_writer("output_dir")  # one run at a time writes an output directory
 def evaluate_ruler(
     models: ModelSpec | Sequence[ModelSpec],
     lengths: Sequence[int],
@@ -202,7 +204,8 @@ def evaluate_ruler(
         essay_sentences(str(haystack))  # a missing or too short file fails here
     entries = resolve_models(models)
     check_device(device, dtype)
-    out = ResultsFile(output_dir, RESULTS_FILE, resume=resume, overwrite=overwrite)
+    out = ResultsFile(output_dir, RESULTS_FILE, resume=resume, overwrite=overwrite,
+                      sources=[*(e.source for e in entries), haystack, *(d.path for d in qa.values())])
     if out.path is not None and (out.path.parent / "report.md").exists() and not out.path.exists():
         raise CtxextError(f"{out.path.parent} holds a report.md that ctxext eval ruler did not write; choose another --output.")
 
@@ -235,7 +238,8 @@ def evaluate_ruler(
     windows = {e.name: _claimed_window(e) for e in entries}
     results = out.results
     todo = {e.name: [p for p in prompts[e.name] if (e.name, p.task, p.length, p.sample) not in done] for e in entries}
-    bar = tqdm(total=sum(len(t) for t in todo.values()), unit="sample", desc="ruler", disable=not progress)
+    bar = tqdm(total=sum(len(t) for t in todo.values()), unit="sample", desc="ruler", disable=not progress,
+               delay=0.5)  # a model that fails to load leaves no bar above the error
     try:
         for entry, model, tokenizer in iterate_models([e for e in entries if todo[e.name]], device=device, dtype=dtype):
             warn_beyond_window(entry.name, model, sorted({p.length for p in todo[entry.name]}))

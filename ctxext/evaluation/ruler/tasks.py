@@ -232,6 +232,8 @@ class _Layout:
         used = needle_tokens
         for text in stream:
             size = len(self.unit(text, False))
+            if size == 0:  # never loop (and grow) without making progress
+                raise CtxextError(f"The tokenizer cannot write RULER's {what} prompt: it turns {text[:30]!r} into no tokens.")
             if used + size > room:
                 pending = [text]
                 break
@@ -255,7 +257,10 @@ class _Layout:
         cut: list[int] = []
         texts = itertools.chain(pending, stream)
         while exact and len(cut) < left:
-            cut += self.unit(next(texts), first=not order and not cut)
+            more = self.unit(next(texts), first=not order and not cut)
+            if not more:
+                raise CtxextError(f"The tokenizer cannot write RULER's {what} prompt: a haystack unit has no tokens.")
+            cut += more
         cut = cut[:left] if exact else []
         ids = list(self.head)
         spans: list[tuple[str, int, int, int]] = []  # needle text, start, end, haystack tokens before it
@@ -287,6 +292,16 @@ class RulerPromptBuilder:
         self.qa = qa or {}
         self.special = special_prefix(tokenizer)
         self._pieces: dict[tuple[str, str], list[int]] = {}
+        # a tokenizer that cannot write the prompts (text -> nothing, or <unk>s) is refused here
+        sample = hay.NOISE + " " + NEEDLE.format(type_v="numbers", key="quiet-river", value="1234567")
+        ids = encode(tokenizer, sample)
+        decoded = tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+        if " ".join(decoded.split()).lower() != sample.lower():
+            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            raise CtxextError(
+                f"The tokenizer of {name} cannot write RULER's prompts: it reads {sample[:30]!r}... back as "
+                f"{decoded[:40]!r}; give the model's own tokenizer (tokenizer.json or tokenizer.model)."
+            )
 
     def piece(self, text: str, after: str = "The end.") -> list[int]:
         """The tokens of `text` where it follows `after` (a sentence end, by default), cached."""
