@@ -4,6 +4,7 @@
     ctxext.patch_model(model, "yarn", 8)                       # in memory
     ctxext.patch_checkpoint("meta-llama/Llama-2-7b-hf", "out/", "yarn", 8)   # on disk
     ctxext.finetune("HuggingFaceTB/SmolLM2-360M", "yarn", 4, "book.txt", "out-ft/")   # LoRA fine-tune
+    ctxext.search_factors("meta-llama/Llama-2-7b-hf", 8, "book.txt", "out-longrope/")  # searched factors
 
 Importing ctxext is cheap: torch and transformers load only when a function that needs them is
 first used, so config-only commands (`ctxext patch`, `ctxext info`) start fast.
@@ -32,6 +33,7 @@ _EXPORTS = {
     "yarn": "ctxext.rope.functions",
     "dynamic_yarn": "ctxext.rope.functions",
     "llama3": "ctxext.rope.functions",
+    "longrope": "ctxext.rope.functions",
     "RopeConfigError": "ctxext.rope.layout",
     "read_layout": "ctxext.rope.layout",
     "patch_model": "ctxext.patching.model",
@@ -44,6 +46,8 @@ _EXPORTS = {
     "finetune": "ctxext.training.finetune",
     "Recipe": "ctxext.training.recipe",
     "TrainResult": "ctxext.training.finetune",
+    "search_factors": "ctxext.search.run",
+    "SearchResult": "ctxext.search.run",
 }
 
 __all__ = sorted(_EXPORTS)

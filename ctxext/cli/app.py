@@ -22,7 +22,7 @@ from ..errors import CtxextError, first_line
 from .options import Parser
 
 #: subcommands in the order `ctxext --help` lists them
-COMMANDS: tuple[str, ...] = ("demo", "patch", "info", "eval", "train")
+COMMANDS: tuple[str, ...] = ("demo", "patch", "info", "eval", "train", "search")
 
 EPILOG = """\
 examples:
@@ -31,6 +31,7 @@ examples:
   ctxext info llama2-yarn-x8
   ctxext eval passkey meta-llama/Llama-2-7b-hf llama2-yarn-x8 --lengths 2048,8192 --output eval/
   ctxext train meta-llama/Llama-2-7b-hf --method yarn --factor 8 --dataset book.txt --output llama2-yarn-x8-tuned
+  ctxext search meta-llama/Llama-2-7b-hf --factor 8 --dataset book.txt --output llama2-longrope-x8
   ctxext <command> --help     worked examples for each command
 """
 
@@ -38,7 +39,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="ctxext",
-        description="Extend the context window of RoPE language models: patch, fine-tune, evaluate.",
+        description="Extend the context window of RoPE language models: patch, fine-tune, evaluate, search factors.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -21,6 +21,8 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
+import json
+from pathlib import Path
 
 from ..errors import CtxextError
 
@@ -200,3 +202,22 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> d
 def option_values(args: argparse.Namespace, options: Sequence[Option]) -> dict[str, Any]:
     """The parsed values of `options`, by their library names (to pass on as keywords)."""
     return {option.name: getattr(args, option.name) for option in options}
+
+
+def number_list(text: str) -> list[float]:
+    """argparse type: comma-separated numbers, or the path of a JSON file holding a list of numbers."""
+    path = Path(text)
+    if path.suffix == ".json" or path.is_file():
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise argparse.ArgumentTypeError(f"no such file {text!r}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a JSON list of numbers ({err})") from None
+        if not isinstance(value, list):
+            raise argparse.ArgumentTypeError(f"{text!r} holds a JSON {type(value).__name__}, not a list of numbers")
+        return value
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers or a .json file, got {text!r}") from None

@@ -35,6 +35,9 @@ examples:
       --max-steps 400 --learning-rate 2e-5 --warmup-steps 20 --gradient-accumulation-steps 8 \\
       --output llama2-7b-yarn-x16
 
+  # a searched longrope checkpoint (ctxext search), fine-tuned with its own factors, not re-patched
+  ctxext train llama2-longrope-x8 --method keep --dataset pg19.jsonl --output llama2-longrope-x8-lora
+
   # after an interruption: the same command plus --resume continues from the last checkpoint
   ctxext train HuggingFaceTB/SmolLM2-360M --method yarn --factor 4 --dataset book.txt --output smollm2-yarn-x4 --resume
 
@@ -54,7 +57,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL", help="hub id or local checkpoint directory")
-    add_scaling_arguments(p)
+    add_scaling_arguments(p, keep=True)
     p.add_argument("--dataset", required=True, help="a .txt/.jsonl/.json/.parquet file or folder, or a datasets hub name")
     p.add_argument("--output", required=True, help="directory to write")
     groups = add_options(p, RECIPE_OPTIONS)
@@ -66,10 +69,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.finetune import finetune
+    from ..errors import CtxextError
+    from ..training.finetune import KEEP, finetune
     from ..training.recipe import Recipe
     from ..training.resume import checkpoint_dir
 
+    if args.factor is None and args.method != KEEP:
+        raise CtxextError(f"--factor is required with --method {args.method} (only --method keep reads it from the checkpoint).")
     recipe = Recipe(**option_values(args, RECIPE_OPTIONS))
     try:
         finetune(

@@ -6,10 +6,11 @@
 The embedded model (ctxext/demo/assets/demo_model, trained by recipes/pretrain_tiny.py) retrieves a
 passkey and RULER's needles inside its 256-token window. The demo measures passkey accuracy,
 perplexity and RULER (the needle tasks of synthetic.RULER_TASKS, the ones that fit that window) at
-1x, 2x, 4x and 8x that window for the base model; for pi, ntk and yarn patches without training; and
-for pi and yarn after a short LoRA fine-tune at 8x. It writes demo.json, the heatmaps and plots, the
-fine-tuned checkpoints, ruler/ (RULER's own files) and report.md, and prints two tables. A new model
-row is one more (name, model, tokenizer) in `models`.
+1x, 2x, 4x and 8x that window for the base model; for pi, ntk and yarn patches and the shipped
+searched longrope factors (recipes/search_demo.py), without training; and for pi and yarn after a
+short LoRA fine-tune at 8x. It writes demo.json, the heatmaps and plots, the fine-tuned
+checkpoints, ruler/ (RULER's own files) and report.md, and prints two tables. A new model row is
+one more (name, model, tokenizer) in `models`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def run_demo(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import synthetic
+    from .searched import searched_factors
     from ..evaluation.common import LengthBeyondWindowWarning
     from ..evaluation.passkey import evaluate_passkey
     from ..patching.model import patch_model
@@ -97,6 +99,9 @@ def run_demo(
         models: list[tuple[str, Any, Any]] = [("base", base, tokenizer)]
         for method in PATCHED:
             models.append((method, patch_model(copy.deepcopy(base), method, FACTOR), tokenizer))
+        searched = searched_factors()  # shipped: see ctxext.demo.searched
+        params = {k: searched[k] for k in ("long_factor", "short_factor", "attention_factor")}
+        models.append(("longrope", patch_model(copy.deepcopy(base), "longrope", FACTOR, **params), tokenizer))
         finetunes = {}
         stream = synthetic.training_stream(tokenizer, settings.train_documents, window * FACTOR, seed=settings.seed)
         for method in TUNED:
@@ -144,6 +149,7 @@ def run_demo(
                       "effective_length": {r["model"]: r["effective_length"] for r in ruler["effective_length"]},
                       "claimed_window": {r["model"]: r["claimed_window"] for r in ruler["effective_length"]}},
             "finetune": finetunes,
+            "longrope": {**params, "search": searched["search"]},
             "settings": asdict(settings),
             "quick": quick,
             "seconds": round(time.perf_counter() - started, 1),
@@ -225,6 +231,11 @@ shorter length's average is at least {report["ruler"]["threshold"]:g}. Per task:
 
 - `base`: the model as pre-trained; beyond its window it has never seen the positions.
 - `pi`, `ntk`, `yarn`: the same weights with the rotary frequencies rescaled for {factor}x, no training.
+- `longrope`: the same weights with per-frequency factors searched for {factor}x by `ctxext search` (shipped
+  with the package; `{report["longrope"]["search"]["command"]}` searched them on the training documents
+  only), no training. Inside the original window it keeps the original frequencies (short_factor 1); past
+  it stock transformers switches to the searched ones, mid-generation when a prompt fills the window
+  exactly (the 1x passkey column), which breaks the cached keys' rotations.
 - `pi+lora`, `yarn+lora`: the patched models after a short LoRA fine-tune at {window * factor} tokens:
 {tuned}
 

@@ -225,6 +225,22 @@ def heldout_texts(tokenizer: Any, n: int, length: int, seed: int = 1) -> list[st
     return texts
 
 
+def training_documents(tokenizer: Any, n: int, length: int, seed: int = 0,
+                       ruler: float = 0.5) -> Iterator[tuple[str, list[int], list[int]]]:
+    """The training stream's `n` documents in order, as (kind, prompt ids, answer ids), kind "ruler" or "passkey".
+
+    A fraction `ruler` of them are RULER documents (RulerDocuments, at most `length` tokens with their
+    answer), the rest passkey documents of `length - 1` tokens with their answer.
+    """
+    maker, rng = DocumentMaker(tokenizer), random.Random(seed)
+    tasks = RulerDocuments(tokenizer, seed=seed)
+    for _ in range(n):
+        if rng.random() < ruler:
+            yield ("ruler", *tasks.make(rng, length))
+        else:
+            yield ("passkey", *maker.make(rng, length - 1))
+
+
 def training_stream(tokenizer: Any, n: int, length: int, seed: int = 0, ruler: float = 0.5) -> list[int]:
     """`n` documents as one token stream, each exactly `length` tokens (answered, then EOS-padded).
 
@@ -232,15 +248,38 @@ def training_stream(tokenizer: Any, n: int, length: int, seed: int = 0, ruler: f
     Packed into `length`-token sequences, every sequence is exactly one whole document, so no
     question is cut off from its key (what packing decoded texts would do now and then).
     """
-    maker, rng = DocumentMaker(tokenizer), random.Random(seed)
-    tasks = RulerDocuments(tokenizer, seed=seed)
+    period = DocumentMaker(tokenizer).ids(".")
     stream: list[int] = []
-    for _ in range(n):
-        if rng.random() < ruler:
-            prompt, answer = tasks.make(rng, length)
-            doc = prompt + answer
-        else:
-            prompt, answer = maker.make(rng, length - 1)
-            doc = prompt + answer + maker.ids(".")
+    for kind, prompt, answer in training_documents(tokenizer, n, length, seed, ruler):
+        doc = prompt + answer + (period if kind == "passkey" else [])  # a RULER answer ends in EOS already
         stream += doc[:length] + [tokenizer.eos_token_id] * (length - len(doc))
     return stream
+
+
+def search_texts(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[str]:
+    """`n` texts of at least `length` tokens made of the training stream's documents, two per text.
+
+    What a factor search of the demo model reads (`recipes/search_demo.py`): the first 2n documents
+    of `training_stream(tokenizer, ..., length, seed)`, the data the demo fine-tunes on, never the
+    held-out texts it measures with.
+    """
+    stream = training_stream(tokenizer, 2 * n, length, seed)
+    docs = [stream[i * length : (i + 1) * length] for i in range(2 * n)]
+    decoded = [tokenizer.decode(d, skip_special_tokens=True) for d in docs]
+    return ["\n".join(decoded[2 * i : 2 * i + 2]) for i in range(n)]
+
+
+def search_needles(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """The first `n` passkey documents of `training_stream(tokenizer, ..., length, seed)` as (prompt ids, answer ids).
+
+    The needle-driven objective of a factor search of the demo model (`recipes/search_demo.py`): the
+    loss on the answer tokens of the very documents the demo fine-tunes on. Only the passkey ones:
+    they fill the whole length, where the stream's RULER documents are of every length up to it.
+    """
+    needles = []
+    for kind, prompt, answer in training_documents(tokenizer, 4 * n + 16, length, seed):
+        if kind == "passkey":
+            needles.append((prompt, answer))
+            if len(needles) == n:
+                return needles
+    raise ValueError(f"the first {4 * n + 16} training documents hold fewer than {n} passkey documents.")

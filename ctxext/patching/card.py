@@ -23,7 +23,15 @@ READERS = {
     "yarn": "vLLM and llama.cpp read YaRN natively.",
     "dynamic-yarn": "stock configs cannot express dynamic YaRN: readers load static YaRN at the full factor.",
     "llama3": "vLLM and llama.cpp read llama3 scaling natively.",
+    "longrope": "readers switch from short_factor to long_factor past the original window.",
 }
+
+
+def _value(value: Any) -> str:
+    """A parameter for the card: a number, or a per-frequency list summarised by its length and range."""
+    if isinstance(value, (list, tuple)):
+        return f"[{len(value)} values, {min(value):g} to {max(value):g}]"
+    return f"{value:g}"
 
 
 def _table(rows: Sequence[tuple[str, Any]]) -> str:
@@ -57,7 +65,7 @@ def render_model_card(
         ("max_position_embeddings", f"{patch.max_position_embeddings:,}"),
     ]
     if params:
-        rows.append(("parameters", ", ".join(f"`{k}={v:g}`" for k, v in params.items())))
+        rows.append(("parameters", ", ".join(f"`{k}={_value(v)}`" for k, v in params.items())))
     if patch.layout.nested:
         touched = ", ".join(t for t in patch.layout.targets if t)
         rows.append(("layer types patched", f"{touched} (sliding-window layers keep their rope)"))

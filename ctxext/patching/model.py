@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 
 from .._compat import drop_serialised_config_key, has_stock_dynamic_update, set_serialised_config_key
 from ..errors import first_line
-from ..rope.methods import METHODS, Scaling, resolve
+from ..rope.methods import Scaling, resolve
 from ..rope.functions import compute_inv_freq, default_inv_freq
 from ..rope.layout import GLOBAL, RopeConfigError, RopeLayout, read_layout
 from ..rope.plan import REMOVE, RopePatch, patched_config_dict, plan_patch
@@ -59,11 +59,114 @@ def _rotary_modules(model: nn.Module) -> list[_Target]:
     return found
 
 
+def _frequency_args(patch: RopePatch, layer_type: str | None, scaling: Scaling) -> dict:
+    """Keyword arguments of compute_inv_freq for `scaling` on one patched layer type (seq_len aside)."""
+    return dict(
+        method=scaling.method,
+        dim=patch.layout.rotary_dim,
+        rope_theta=patch.base_theta[layer_type],
+        factor=scaling.factor,
+        original_max_position_embeddings=patch.original_max_position_embeddings,
+        **{k: v for k, v in scaling.params.items() if v is not None},
+    )
+
+
+def _stored(patch: RopePatch, layer_type: str | None) -> Scaling:
+    """The scaling a stock reader of the written config runs (dynamic-yarn is stored as static yarn)."""
+    encoded = patch.encoding[layer_type]
+    if encoded.method == "dynamic-yarn":
+        return Scaling("yarn", encoded.factor, encoded.params, encoded.original_max_position_embeddings)
+    return encoded
+
+
+def _probe_lengths(patch: RopePatch) -> list[int]:
+    """Lengths at which the stock forward is compared with ctxext's formulas: growing, then short again."""
+    L0, window = patch.original_max_position_embeddings, patch.window
+    lengths = [max(1, L0 // 2), L0, L0 + 1, max(L0 + 1, (L0 + window) // 2), window, 2 * window]
+    return sorted(set(lengths)) + [max(1, L0 // 2)]
+
+
+def _angles_match(output: Any, inv_freq: torch.Tensor, scale: float, positions: torch.Tensor) -> bool | None:
+    """Do a rotary forward's (cos, sin) hold cos/sin(position x inv_freq) x scale? None: a layout not known.
+
+    Known layouts of the last dim: the two halves repeated (rotate_half, most models), the pairs
+    interleaved (GPT-J style), or the rotary half alone. The tolerance grows with the angle, since stock
+    code may round a frequency differently by a float32 ulp (dynamic NTK's base is a float32 tensor
+    at run time), which moves the angle at position p by about p x 1e-7 x inv_freq.
+    """
+    if not (isinstance(output, tuple) and len(output) == 2 and all(isinstance(t, torch.Tensor) for t in output)):
+        return None
+    angles = positions.double()[:, None] * inv_freq.double()[None, :]  # [n, dim/2]
+    slack = (1e-5 + 1e-6 * angles) * scale  # [n, dim/2]
+    verdict = None
+    for got, fn in zip(output, (torch.cos, torch.sin)):
+        if got.dim() < 2:
+            return None
+        got = got.detach().double().reshape(-1, got.shape[-2], got.shape[-1])[0]  # [n, D]
+        half = fn(angles) * scale  # [n, dim/2]
+        layouts = {half.shape[-1]: [(half, slack)],
+                   2 * half.shape[-1]: [(torch.cat([half, half], -1), torch.cat([slack, slack], -1)),
+                                        (half.repeat_interleave(2, -1), slack.repeat_interleave(2, -1))]}
+        if got.shape[0] != len(positions) or got.shape[-1] not in layouts:
+            return None
+        ok = any(bool(((got - want).abs() <= tol).all()) for want, tol in layouts[got.shape[-1]])
+        verdict = ok if verdict is None else verdict and ok
+    return verdict
+
+
+def _check_stock_forward(stock: nn.Module, patch: RopePatch, layer_types: list) -> None:
+    """Run the stock rotary forward at lengths inside and past the windows, compare with ctxext's formulas.
+
+    This is what the model will actually do at run time: a scaling that a stock module reads but never
+    engages (dynamic NTK on a config whose window it takes as the original, a forward that rebuilds
+    frequencies without the length) is refused here.
+    """
+    try:
+        signature = inspect.signature(stock.forward)
+        params = list(signature.parameters)
+    except (TypeError, ValueError):
+        return
+    if params[:2] != ["x", "position_ids"]:
+        return  # not the standard rotary contract
+    head_dim = patch.layout.head_dim
+    for length in _probe_lengths(patch):
+        positions = torch.tensor(sorted({0, 1, length // 2, length - 1}))  # [n]
+        x = torch.zeros(1, 1, len(positions), head_dim)
+        for layer_type in layer_types:
+            kwargs = {} if layer_type is GLOBAL else {"layer_type": layer_type}
+            if layer_type is not GLOBAL and "layer_type" not in params:
+                return
+            try:
+                with torch.no_grad():
+                    output = stock(x, positions[None], **kwargs)
+            except Exception:
+                return  # a forward that needs more than the standard arguments: nothing to compare with
+            stored = _stored(patch, layer_type)
+            inv_freq, scale = compute_inv_freq(seq_len=length, **_frequency_args(patch, layer_type, stored))
+            verdict = _angles_match(output, inv_freq, scale, positions)
+            if verdict is False:
+                raise RopeConfigError(
+                    f"Stock transformers' {type(stock).__name__} does not use the frequencies ctxext computes for "
+                    f"{patch.scaling.method} at {length:,} tokens (it {_what_went_wrong(output, patch, layer_type, length)}), "
+                    "so this model type is not supported for that method; try yarn or ntk."
+                )
+
+
+def _what_went_wrong(output: tuple, patch: RopePatch, layer_type: str | None, length: int) -> str:
+    """A few words on how a stock forward's angles differ from ctxext's: unscaled, or otherwise."""
+    positions = torch.tensor(sorted({0, 1, length // 2, length - 1}))
+    base = default_inv_freq(patch.layout.rotary_dim, patch.base_theta[layer_type])
+    if _angles_match(output, base, 1.0, positions):
+        return "keeps the original frequencies"
+    return "computes other frequencies or another attention scale"
+
+
 def _check_stock_reading(target: _Target, patch: RopePatch, expected: dict) -> None:
     """Build the rotary module stock transformers would build from the patched config; refuse on any difference.
 
     This catches readers that silently reinterpret a config (Phi-3's config turns `yarn` into
-    `longrope`, for instance) before anything is changed.
+    `longrope`, for instance) before anything is changed, and (see _check_stock_forward) stock code
+    that builds the right frequencies but does not use them at run time.
     """
     config = target.config
     patched = patched_config_dict(config.to_dict(), patch)
@@ -97,6 +200,7 @@ def _check_stock_reading(target: _Target, patch: RopePatch, expected: dict) -> N
                 "differently from what ctxext computes, so a saved checkpoint would not reload the same; "
                 "this model type is not supported for that method."
             )
+    _check_stock_forward(stock, patch, list(expected))
 
 
 def _check_module(target: _Target, layout: RopeLayout, layer_type: str | None) -> None:
@@ -135,6 +239,15 @@ def _apply_config(config: Any, patch: RopePatch) -> None:
             setattr(config, key, value)
 
 
+def _stock_init_fn(module: nn.Module, rope_type: str) -> Any:
+    """The frequency function a stock module of this class picks for `rope_type` (as its __init__ does)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if rope_type == "default":
+        return getattr(type(module), "compute_default_rope_parameters", module.rope_init_fn)
+    return ROPE_INIT_FUNCTIONS[rope_type]
+
+
 def _dynamic_yarn_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
     """Forward pre-hook: recompute YaRN frequencies for the current length before the rotary forward."""
     state = module._ctxext_dynamic
@@ -145,7 +258,7 @@ def _dynamic_yarn_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
     seq_len = int(position_ids.max()) + 1
     if state["seq_len"].get(layer_type) == seq_len:
         return
-    inv_freq, scale = compute_inv_freq("dynamic-yarn", seq_len=seq_len, **state["args"][layer_type])
+    inv_freq, scale = compute_inv_freq(seq_len=seq_len, **state["args"][layer_type])
     prefix = _prefix(layer_type)
     buffer = getattr(module, f"{prefix}inv_freq")
     module.register_buffer(f"{prefix}inv_freq", inv_freq.to(buffer.device), persistent=False)
@@ -223,34 +336,30 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
     for target in targets:
         patch = plans[id(target.config)][1]
         layout = patch.layout
-        if METHODS[scaling.method].rope_type == "dynamic" and not has_stock_dynamic_update(target.module):
-            raise RopeConfigError(
-                f"{type(target.module).__name__} does not recompute its frequencies at run time in stock "
-                "transformers, so dynamic-ntk would not survive a save and reload; use ntk or yarn instead."
-            )
         expected = {}
         # a per-layer-type module holds buffers only for the layer types the model uses
         used = [t for t in layout.targets if isinstance(getattr(target.module, f"{_prefix(t)}inv_freq", None), torch.Tensor)]
         for layer_type in used:
             _check_module(target, layout, layer_type)
-            args = dict(
-                dim=layout.rotary_dim,
-                rope_theta=patch.base_theta[layer_type],
-                factor=patch.scaling.factor,
-                original_max_position_embeddings=patch.original_max_position_embeddings,
-                **{k: v for k, v in patch.scaling.params.items() if v is not None},
-            )
-            # dynamic methods start from the original window; they grow at run time
-            inv_freq, scale = compute_inv_freq(scaling.method, **args)
-            updates.append((target, patch, layer_type, inv_freq, scale, args))
+            stored = _stored(patch, layer_type)
+            if stored.is_dynamic and not stored.is_identity and not has_stock_dynamic_update(target.module):
+                raise RopeConfigError(
+                    f"{type(target.module).__name__} does not recompute its frequencies at run time in stock "
+                    f"transformers, so {scaling.method} would not survive a save and reload; use ntk or yarn instead."
+                )
             # what stock transformers builds from the written config (dynamic-yarn: static yarn at factor)
-            expected[layer_type] = (
-                compute_inv_freq("yarn", **args) if scaling.method == "dynamic-yarn" else (inv_freq, scale)
-            )
+            expected[layer_type] = compute_inv_freq(**_frequency_args(patch, layer_type, stored))
+            # dynamic methods start from the original window; they grow at run time
+            if patch.encoding[layer_type].method == "dynamic-yarn":
+                args = _frequency_args(patch, layer_type, patch.encoding[layer_type])
+                inv_freq, scale = compute_inv_freq(**args)
+            else:
+                args, (inv_freq, scale) = None, expected[layer_type]
+            updates.append((target, patch, layer_type, inv_freq, scale, args))
         _check_stock_reading(target, patch, expected)
 
     # 2. apply
-    if scaling.method == "dynamic-yarn":
+    if scaling.method == "dynamic-yarn" and not scaling.is_identity:
         warnings.warn(
             "dynamic-yarn is not expressible in a stock config: it works in this process, but a checkpoint "
             f"saved from this model loads in stock transformers as static yarn at factor {scaling.factor:g}.",
@@ -258,7 +367,6 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
         )
     for config, patch in plans.values():
         _apply_config(config, patch)
-    stock_type = METHODS[scaling.method].rope_type or "yarn"
     dynamic_args: dict[int, dict] = {}
     for target, patch, layer_type, inv_freq, scale, args in updates:
         module, prefix = target.module, _prefix(layer_type)
@@ -267,15 +375,19 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
         if hasattr(module, f"{prefix}original_inv_freq"):
             module.register_buffer(f"{prefix}original_inv_freq", inv_freq.clone().to(device), persistent=False)
         setattr(module, f"{prefix}attention_scaling", scale)
-        rope_type = "default" if patch.scaling.is_identity else stock_type
+        if hasattr(module, f"{prefix}long_inv_freq"):
+            delattr(module, f"{prefix}long_inv_freq")  # stock longrope caches it; rebuilt from the new config
+        rope_type = patch.rope[layer_type]["rope_type"]
         if layer_type is GLOBAL:
             module.rope_type = rope_type
         else:
             module.rope_type[layer_type] = rope_type
+        if hasattr(module, "rope_init_fn"):  # modules that rebuild their frequencies from the config each forward
+            module.rope_init_fn = _stock_init_fn(module, rope_type)
         for attr in ("max_seq_len_cached", "original_max_seq_len", f"{prefix}max_seq_len_cached"):
             if hasattr(module, attr):
                 setattr(module, attr, patch.max_position_embeddings)
-        if scaling.method == "dynamic-yarn":
+        if args is not None and not patch.scaling.is_identity:
             dynamic_args.setdefault(id(module), {})[layer_type] = args
     for target in {id(t.module): t for t in targets}.values():
         module = target.module

@@ -17,7 +17,8 @@ from .methods import METHOD_CHOICES, METHODS, Method, Scaling, resolve
 from .plan import RopePatch, patched_config_dict, plan_patch
 
 _FUNCTIONS = ("ROPE_FUNCTIONS", "compute_inv_freq", "default_inv_freq", "wavelengths", "yarn_ramp",
-              "pi", "ntk", "dynamic_ntk", "ntk_by_parts", "yarn", "dynamic_yarn", "llama3")
+              "pi", "ntk", "dynamic_ntk", "ntk_by_parts", "yarn", "dynamic_yarn", "llama3", "longrope",
+              "longrope_factors")
 
 __all__ = ["METHOD_CHOICES", "METHODS", "Method", "RopeConfigError", "RopeLayout", "RopePatch", "Scaling",
            "patched_config_dict", "plan_patch", "read_layout", "resolve", *_FUNCTIONS]

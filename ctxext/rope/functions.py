@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from ..errors import CtxextError
-from .methods import is_identity, ntk_rope_theta, resolve, yarn_attention_factor
+from .methods import is_identity, longrope_attention_factor, ntk_rope_theta, resolve, yarn_attention_factor
 
 RopeFunction = Callable[..., tuple[torch.Tensor, float]]
 
@@ -152,6 +152,51 @@ def llama3(
     return torch.where(is_medium, smoothed, scaled), 1.0
 
 
+def longrope(
+    dim: int,
+    rope_theta: float,
+    factor: float,
+    original_max_position_embeddings: int,
+    seq_len: int | None = None,
+    long_factor: tuple[float, ...] = (),
+    short_factor: tuple[float, ...] | None = None,
+    attention_factor: float | None = None,
+):
+    """LongRoPE (arXiv 2402.13753): theta_i / lambda_i, with lambda = long_factor past L0, short_factor up to it.
+
+    cos/sin are scaled by sqrt(1 + ln(s)/ln(L0)) unless `attention_factor` is given. Stock transformers
+    picks the factor set from the current length (seq_len > L0: long), as this function does.
+    """
+    if attention_factor is None:
+        attention_factor = longrope_attention_factor(factor, original_max_position_embeddings)
+    long = seq_len is not None and seq_len > original_max_position_embeddings
+    chosen = long_factor if long or short_factor is None else short_factor
+    ext_factors = torch.tensor(chosen, dtype=torch.float32)  # [dim/2]
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim  # [dim/2]
+    return 1.0 / (ext_factors * rope_theta**exponents), attention_factor
+
+
+def longrope_factors(inv_freq: torch.Tensor, dim: int, rope_theta: float) -> tuple[float, ...]:
+    """Per-frequency divisors with which stock longrope rebuilds `inv_freq` [dim/2] (float32) most closely.
+
+    This is how a static method is written for a model type whose stock config accepts only longrope
+    (Phi-3): lambda_i = theta_i / inv_freq_i, then the float32 neighbour (within 4 ulps) for which
+    1 / (lambda_i * b^(2i/d)) lands nearest inv_freq_i. Most frequencies come back exactly; a few
+    cannot (that division skips some float32 values) and come back one float32 rounding away.
+    """
+    power = rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)  # [dim/2], 1 / theta_i
+    guess = (default_inv_freq(dim, rope_theta).double() / inv_freq.double()).float()  # [dim/2]; kept dims: 1
+    candidates, up, down = [guess], guess, guess
+    for _ in range(4):  # ordered 0, +1, -1, +2, -2, ... ulps: argmin keeps the smallest nudge among ties
+        up = torch.nextafter(up, torch.full_like(up, math.inf))
+        down = torch.nextafter(down, torch.full_like(down, -math.inf))
+        candidates += [up, down]
+    stacked = torch.stack(candidates).clamp(min=1.0)  # [9, dim/2]; a divisor below 1 is never meant
+    error = ((1.0 / (stacked * power)) - inv_freq).abs()  # [9, dim/2]
+    chosen = stacked.gather(0, error.argmin(dim=0, keepdim=True))[0]  # [dim/2]
+    return tuple(float(x) for x in chosen.tolist())
+
+
 #: method name (see ctxext.rope.methods.METHODS) -> frequency function
 ROPE_FUNCTIONS: dict[str, RopeFunction] = {
     "pi": pi,
@@ -161,6 +206,7 @@ ROPE_FUNCTIONS: dict[str, RopeFunction] = {
     "yarn": yarn,
     "dynamic-yarn": dynamic_yarn,
     "llama3": llama3,
+    "longrope": longrope,
 }
 
 
@@ -175,14 +221,16 @@ def compute_inv_freq(
 ) -> tuple[torch.Tensor, float]:
     """Validated entry point: frequencies [dim // 2] (float32) and attention factor for one method.
 
-    `factor == 1` is the identity for every method (the original frequencies, attention factor 1).
+    `factor == 1` is the identity for every method, dynamic ones included (the original frequencies,
+    attention factor 1): that is what ctxext writes for it.
     """
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 4 or dim % 2:
         raise CtxextError(f"dim (rotary dimensions) must be an even whole number >= 4, got {dim!r}.")
     if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)) or rope_theta <= 1:
         raise CtxextError(f"rope_theta must be a number greater than 1, got {rope_theta!r}.")
-    if scaling.is_identity and not scaling.spec.dynamic:
+    scaling.check_rotary_dim(dim)
+    if scaling.is_identity:
         return default_inv_freq(dim, float(rope_theta)), 1.0
     fn = ROPE_FUNCTIONS[scaling.method]
     return fn(

@@ -337,3 +337,46 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
             "(NoPE) on its global layers, which already reach any length; there is nothing for ctxext to extend."
         )
     return layout
+
+
+#: stock rope types -> the ctxext method that reads them back, and the parameters it takes from the config
+STOCK_METHODS = {
+    "linear": ("pi", ()),
+    "dynamic": ("dynamic-ntk", ()),
+    "yarn": ("yarn", ("beta_fast", "beta_slow", "attention_factor")),
+    "llama3": ("llama3", ("low_freq_factor", "high_freq_factor")),
+    "longrope": ("longrope", ("long_factor", "short_factor", "attention_factor")),
+}
+
+
+def current_scaling(layout: RopeLayout) -> dict[str, Any]:
+    """The scaling a config carries, as `method`, `factor`, `original_max_position_embeddings` and `params`.
+
+    Applied again with replace=True it gives the same frequencies: this is what fine-tuning a scaled
+    checkpoint "as it is" (a searched longrope one, say) patches with. A ctxext patch is read from its
+    record; a stock scaling from its rope parameters, if ctxext's method takes them all.
+    """
+    if layout.metadata:
+        m = layout.metadata
+        return {"method": m["method"], "factor": float(m["factor"]),
+                "original_max_position_embeddings": int(m["original_max_position_embeddings"]),
+                "params": dict(m.get("params") or {})}
+    kind = layout.scaling_type
+    if kind not in STOCK_METHODS:
+        raise RopeConfigError(
+            f"This {layout.model_type} model carries no RoPE scaling to keep (rope_type {kind!r}); "
+            "give a method and a factor to patch it with."
+        )
+    method, names = STOCK_METHODS[kind]
+    main = layout.main
+    known = {"rope_type", "rope_theta", "factor", "original_max_position_embeddings", "partial_rotary_factor", *names}
+    extra = sorted(k for k in main if k not in known and main[k] is not None)
+    if extra:
+        raise RopeConfigError(
+            f"This model's {kind} scaling sets {', '.join(extra)}, which ctxext's {method} does not take, so it "
+            "cannot be kept as it is; give a method and a factor to patch it with instead."
+        )
+    original = layout.original_max_position_embeddings or layout.max_position_embeddings
+    factor = main.get("factor") or layout.max_position_embeddings / original
+    return {"method": method, "factor": float(factor), "original_max_position_embeddings": int(original),
+            "params": {k: main[k] for k in names if main.get(k) is not None}}

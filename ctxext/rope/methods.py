@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 from ..errors import CtxextError, CtxextTypeError
 
@@ -25,7 +25,8 @@ class Method:
     name: str
     summary: str
     # the method's own parameters (HF spelling) and their defaults; None = derived from `factor`
-    params: Mapping[str, float | None] = field(default_factory=dict)
+    # (longrope's long_factor / short_factor are sequences of rotary_dim / 2 numbers)
+    params: Mapping[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     # the stock `rope_type` that expresses it; "default" for a plain rope_theta change;
     # None when no stock config can express it
@@ -83,6 +84,13 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 params={"low_freq_factor": 1.0, "high_freq_factor": 4.0},
                 rope_type="llama3",
             ),
+            Method(
+                "longrope",
+                "LongRoPE: each frequency divided by its own factor (long_factor past the original window, "
+                "short_factor inside it), cos/sin scaled by sqrt(1 + ln(factor)/ln(original window))",
+                params={"long_factor": None, "short_factor": None, "attention_factor": None},
+                rope_type="longrope",
+            ),
         )
     }
 )
@@ -106,7 +114,7 @@ class Scaling:
 
     method: str
     factor: float
-    params: Mapping[str, float | None]
+    params: Mapping[str, Any]
     original_max_position_embeddings: int | None = None
 
     @property
@@ -124,6 +132,23 @@ class Scaling:
             return None
         return scaled_window(self.original_max_position_embeddings, self.factor)
 
+    @property
+    def is_dynamic(self) -> bool:
+        """The frequencies depend on the current length (dynamic NTK/YaRN; longrope with two factor sets)."""
+        if self.method == "longrope":
+            return self.params["short_factor"] != self.params["long_factor"]
+        return self.spec.dynamic
+
+    def check_rotary_dim(self, dim: int) -> None:
+        """Per-dimension parameters must match the model's rotary dims; ValueError saying how many it needs."""
+        for name in SEQUENCE_PARAMS:
+            value = self.params.get(name)
+            if value is not None and len(value) != dim // 2:
+                raise CtxextError(
+                    f"{name} has {len(value)} numbers, but this model has {dim} rotary dimensions, so it needs "
+                    f"{dim // 2} (one per frequency)."
+                )
+
     def with_window(self, original_max_position_embeddings: int) -> "Scaling":
         return Scaling(self.method, self.factor, self.params, _check_window(original_max_position_embeddings))
 
@@ -136,6 +161,10 @@ def scaled_window(original_max_position_embeddings: int, factor: float) -> int:
 def is_identity(factor: float) -> bool:
     """The identity scaling: a factor of 1 leaves RoPE as it is, whatever the method (the one definition)."""
     return factor <= 1.0
+
+
+#: parameters that hold one number per rotary frequency
+SEQUENCE_PARAMS = ("long_factor", "short_factor")
 
 
 def canonical_method(method: str) -> str:
@@ -157,6 +186,26 @@ def _check_number(name: str, value: object) -> float:
     if not math.isfinite(value):
         raise CtxextError(f"{name} must be a finite number, got {value}.")
     return value
+
+
+def _check_factors(name: str, value: object) -> tuple[float, ...]:
+    """A per-frequency factor list (list, tuple or anything with .tolist()): numbers >= 1, as a tuple."""
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
+        value = value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise CtxextTypeError(
+            f"{name} must be a list of numbers (one per rotary frequency), got {value!r} ({type(value).__name__})."
+        )
+    if not value:
+        raise CtxextError(f"{name} is empty; give one number per rotary frequency (rotary dims / 2 of them).")
+    numbers = tuple(_check_number(f"{name}[{i}]", v) for i, v in enumerate(value))
+    low = min(numbers)
+    if low < 1.0:
+        raise CtxextError(
+            f"{name} must hold numbers >= 1 (each frequency is divided by its factor), got {low:g} at index "
+            f"{numbers.index(low)}; a factor below 1 would rotate faster than pre-training ever did."
+        )
+    return numbers
 
 
 def _check_window(value: object) -> int:
@@ -202,11 +251,24 @@ def resolve(
         raise CtxextError(
             f"Unknown parameter(s) {', '.join(unknown)} for method {spec.name!r}; valid parameters: {valid}."
         )
-    values: dict[str, float | None] = dict(spec.params)
+    values: dict[str, Any] = dict(spec.params)
     for name, value in params.items():
         if value is None:
             continue  # "use the default"
-        values[name] = _check_number(name, value)
+        values[name] = _check_factors(name, value) if name in SEQUENCE_PARAMS else _check_number(name, value)
+    if spec.name == "longrope":
+        if values["long_factor"] is None:
+            raise CtxextError(
+                "longrope needs long_factor: one number >= 1 per rotary frequency, each frequency's divisor "
+                "(short_factor, used up to the original window, defaults to the same list)."
+            )
+        if values["short_factor"] is None:
+            values["short_factor"] = values["long_factor"]
+        if len(values["short_factor"]) != len(values["long_factor"]):
+            raise CtxextError(
+                f"short_factor and long_factor must have the same length (one number per rotary frequency), got "
+                f"{len(values['short_factor'])} and {len(values['long_factor'])}."
+            )
     if "beta_fast" in values:
         if not 0 < values["beta_slow"] < values["beta_fast"]:
             raise CtxextError(
@@ -228,6 +290,26 @@ def resolve(
 def yarn_attention_factor(factor: float) -> float:
     """YaRN's recommended cos/sin scale, 0.1*ln(s)+1 (Peng et al. 2023, eq. 22); 1 for s <= 1."""
     return 1.0 if is_identity(factor) else 0.1 * math.log(factor) + 1.0
+
+
+def longrope_attention_factor(factor: float, original_max_position_embeddings: int) -> float:
+    """LongRoPE's default cos/sin scale, sqrt(1 + ln(s) / ln(L0)) (stock transformers' rule); 1 for s <= 1."""
+    if is_identity(factor):
+        return 1.0
+    return math.sqrt(1 + math.log(factor) / math.log(original_max_position_embeddings))
+
+
+def attention_factor(scaling: "Scaling") -> float:
+    """The cos/sin scale a static method applies (dynamic methods: the one at the full window)."""
+    if scaling.is_identity:
+        return 1.0
+    if scaling.params.get("attention_factor") is not None:
+        return float(scaling.params["attention_factor"])
+    if scaling.method in ("yarn", "dynamic-yarn"):
+        return yarn_attention_factor(scaling.factor)
+    if scaling.method == "longrope":
+        return longrope_attention_factor(scaling.factor, scaling.original_max_position_embeddings)
+    return 1.0
 
 
 def ntk_rope_theta(rope_theta: float, factor: float, dim: int) -> float:

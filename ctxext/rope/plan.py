@@ -13,11 +13,20 @@ Gemma 3; stock `dynamic` reads `max_position_embeddings` as the ORIGINAL window.
 | ------------- | -------------------------- | ----------------------- | ---------------------- |
 | pi            | linear                     | L0 (Gemma 3: L0 x s)    | window L0 x s          |
 | ntk           | default, rope_theta raised | L0 x s                  | window L0 x s          |
-| dynamic-ntk   | dynamic                    | L0 (Gemma 3: L0 x s)    | window L0 x s          |
+| dynamic-ntk   | dynamic                    | L0 (Gemma 3 too)        | window L0 x s          |
 | ntk-by-parts  | yarn, attention_factor 1.0 | L0 x s                  | window L0 x s          |
 | yarn          | yarn                       | L0 x s                  | window L0 x s          |
 | dynamic-yarn  | yarn (static at s)         | L0 x s                  | static YaRN at s       |
 | llama3        | llama3                     | L0 x s                  | window L0 x s          |
+| longrope      | longrope                   | L0 x s                  | window L0 x s          |
+
+Stock dynamic NTK reads `max_position_embeddings` as the original window on every model type
+(Gemma 3 included), so dynamic-ntk always writes L0 there.
+
+A model type whose stock config accepts only longrope (Phi-3) gets every static per-dimension method
+(pi, ntk-by-parts, yarn, llama3) written as longrope with short_factor = long_factor =
+theta_i / inv_freq_i and the method's attention factor made explicit: the same frequencies (to a
+float32 rounding) and scale, in a rope type that config accepts.
 
 Both spellings are written: transformers v5's `rope_parameters` (theta inside) and v4's
 `rope_scaling` + top-level `rope_theta` (+ `partial_rotary_factor`, Gemma 3's `rope_local_base_freq`),
@@ -35,7 +44,7 @@ from typing import Any, Mapping
 
 from .._compat import speaks_transformers_v4
 from .layout import GLOBAL, WINDOW_IS_SCALED_TYPES, RopeConfigError, RopeLayout
-from .methods import Scaling, ntk_rope_theta
+from .methods import Scaling, attention_factor, longrope_attention_factor, ntk_rope_theta
 
 #: keys of a rope dict that describe a scaling (dropped when a scaling is replaced)
 SCALING_KEYS = frozenset(
@@ -68,6 +77,21 @@ STOCK_ROPE_TYPES = {
     "phi3": ("default", "longrope"),
 }
 
+#: methods that change each frequency by a fixed per-dimension divisor: expressible as longrope
+PER_DIMENSION = ("pi", "ntk-by-parts", "yarn", "dynamic-yarn", "llama3")
+
+#: model types whose stock rotary forward rebuilds the frequencies from the config without the current
+#: length (Phi-3.5-MoE): nothing that depends on the length (dynamic NTK, longrope's two sets) works there
+LENGTH_BLIND_TYPES = frozenset({"phimoe"})
+
+#: model types whose stock rotary forward scales cos/sin by these config keys instead of the rope's own
+#: attention factor (Phi-3.5-MoE's short_mscale / long_mscale): written with the method's attention factor
+MSCALE_KEYS = {"phimoe": ("short_mscale", "long_mscale")}
+
+#: model types whose transformers v4 config takes a rope_scaling of exactly type, short_factor, long_factor
+V4_THREE_KEY_LONGROPE = frozenset({"phi3"})
+
+
 class _Remove:
     """Marks a key a patch deletes from the config."""
 
@@ -94,6 +118,8 @@ class RopePatch:
     # rope_theta before any scaling, per patched layer type (ntk writes a raised theta; the math starts here)
     base_theta: dict[str | None, float] = field(default_factory=dict)
     top_level: dict[str, Any] = field(default_factory=dict)  # other keys written next to them (v4 spelling...)
+    # per patched layer type, the scaling the config spells (`scaling` itself, or Phi-3's longrope form of it)
+    encoding: dict[str | None, Scaling] = field(default_factory=dict)
 
     @property
     def original_max_position_embeddings(self) -> int:
@@ -115,12 +141,53 @@ def window_rule(scaling: Scaling, model_type: str) -> int:
     original = scaling.original_max_position_embeddings
     if scaling.is_identity:
         return original
-    if scaling.method in ("pi", "dynamic-ntk") and model_type not in WINDOW_IS_SCALED_TYPES:
-        return original  # vLLM multiplies by factor; stock dynamic reads it as the original window
+    if scaling.method == "dynamic-ntk":
+        return original  # stock dynamic reads it as the original window, on every model type
+    if scaling.method == "pi" and model_type not in WINDOW_IS_SCALED_TYPES:
+        return original  # vLLM multiplies by factor
     return scaling.window
 
 
-def _rope_dict(scaling: Scaling, old: Mapping[str, Any], theta: float, rotary_dim: int) -> dict[str, Any]:
+def _encode(layout: RopeLayout, scaling: Scaling, theta: float) -> Scaling:
+    """The scaling this model type's stock config can carry for `scaling`, or RopeConfigError saying why none.
+
+    Usually `scaling` itself. On a longrope-only config (Phi-3) a static per-dimension method becomes
+    longrope with short_factor = long_factor = theta_i / inv_freq_i and its attention factor explicit
+    (the factors come from the method's own frequency function, so this one case loads torch).
+    """
+    model_type = layout.model_type
+    if scaling.method == "longrope":
+        scaling.check_rotary_dim(layout.rotary_dim)
+    if model_type in LENGTH_BLIND_TYPES and scaling.is_dynamic and not scaling.is_identity:
+        raise RopeConfigError(
+            f"Stock transformers' {model_type} rotary embedding rebuilds its frequencies from the config without "
+            f"the current length, so {scaling.method} (whose frequencies depend on the length) would never engage; "
+            "use a static method such as yarn."
+        )
+    allowed = STOCK_ROPE_TYPES.get(model_type)
+    written = "default" if scaling.is_identity else (scaling.spec.rope_type or "yarn")
+    if not allowed or written in allowed:
+        return scaling
+    if "longrope" in allowed and scaling.method in PER_DIMENSION:
+        from .functions import compute_inv_freq, longrope_factors
+
+        static = "yarn" if scaling.method == "dynamic-yarn" else scaling.method
+        params = {k: v for k, v in scaling.params.items() if v is not None}
+        inv_freq, _ = compute_inv_freq(static, layout.rotary_dim, theta, scaling.factor,
+                                       scaling.original_max_position_embeddings, **params)
+        factors = longrope_factors(inv_freq, layout.rotary_dim, theta)
+        params = {"long_factor": factors, "short_factor": factors, "attention_factor": attention_factor(scaling)}
+        return Scaling("longrope", scaling.factor, params, scaling.original_max_position_embeddings)
+    offered = "ntk, pi, ntk-by-parts, yarn, llama3 or longrope" if "longrope" in allowed else "ntk"
+    raise RopeConfigError(
+        f"Stock transformers' {model_type} config accepts only rope types {', '.join(allowed)}, so a "
+        f"{scaling.method} checkpoint would not load as written; use {offered}."
+    )
+
+
+def _rope_dict(
+    scaling: Scaling, old: Mapping[str, Any], theta: float, rotary_dim: int, model_type: str
+) -> dict[str, Any]:
     """The new v5 rope dict of one layer type: the old one's non-scaling keys plus the method's keys."""
     new = {k: v for k, v in old.items() if k not in SCALING_KEYS}
     new["rope_theta"] = theta
@@ -144,18 +211,35 @@ def _rope_dict(scaling: Scaling, old: Mapping[str, Any], theta: float, rotary_di
     elif method == "llama3":
         new.update(rope_type="llama3", factor=s, original_max_position_embeddings=L0)
         new.update(low_freq_factor=p["low_freq_factor"], high_freq_factor=p["high_freq_factor"])
+    elif method == "longrope":
+        new.update(rope_type="longrope", factor=s, original_max_position_embeddings=L0)
+        new.update(long_factor=list(p["long_factor"]), short_factor=list(p["short_factor"]),
+                   attention_factor=attention_factor(scaling))
     else:  # pragma: no cover - guarded by the registry
         raise AssertionError(method)
+    if not scaling.is_identity:
+        for key in MSCALE_KEYS.get(model_type, ()):
+            new[key] = attention_factor(scaling)
     order = ["rope_type", "rope_theta", "factor", "original_max_position_embeddings"]
     return {k: new[k] for k in order if k in new} | {k: v for k, v in new.items() if k not in order}
 
 
-def _v4_rope_scaling(rope: Mapping[str, Any]) -> dict[str, Any] | None:
-    """transformers v4 spelling of one rope dict: no theta or partial inside, `type` kept for old readers."""
+def _v4_rope_scaling(rope: Mapping[str, Any], model_type: str) -> dict[str, Any] | None:
+    """transformers v4 spelling of one rope dict: no theta or partial inside, `type` kept for old readers.
+
+    Phi-3's v4 config takes exactly {type, short_factor, long_factor} and derives the attention factor
+    from max_position_embeddings / original_max_position_embeddings; that is written when it equals
+    the one asked for. Otherwise the full dict is written: transformers v5 reads it, and v4 refuses to
+    load it (a loud error rather than another attention scale), see ctxext.rope.readers.
+    """
     if rope.get("rope_type", "default") == "default":
         return None
     out = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
     out["type"] = out["rope_type"]
+    if model_type in V4_THREE_KEY_LONGROPE and rope["rope_type"] == "longrope":
+        derived = longrope_attention_factor(rope["factor"], rope["original_max_position_embeddings"])
+        if rope["attention_factor"] == derived:
+            return {"type": "longrope", "short_factor": rope["short_factor"], "long_factor": rope["long_factor"]}
     return out
 
 
@@ -166,13 +250,6 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
             f"This {layout.model_type} model already uses {layout.describe_scaling()} RoPE scaling; "
             f"pass replace=True (CLI: --replace) to discard it and apply {scaling.method} to the original "
             "window, or patch the unscaled base model."
-        )
-    allowed = STOCK_ROPE_TYPES.get(layout.model_type)
-    written = "default" if scaling.is_identity else (scaling.spec.rope_type or "yarn")
-    if allowed and written not in allowed:
-        raise RopeConfigError(
-            f"Stock transformers' {layout.model_type} config accepts only rope types {', '.join(allowed)}, "
-            f"so a {scaling.method} checkpoint would not load as written; use ntk (a plain rope_theta change)."
         )
     original = scaling.original_max_position_embeddings
     recorded_window = layout.original_max_position_embeddings or layout.max_position_embeddings
@@ -193,12 +270,15 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
     recorded = (layout.metadata or {}).get("rope_theta", {})
     rope: dict[str | None, dict[str, Any] | None] = {}
     thetas: dict[str | None, float] = {}
+    encoding: dict[str | None, Scaling] = {}
     for layer_type, old in layout.rope.items():
         if old is None or layer_type not in layout.targets:
             rope[layer_type] = copy.deepcopy(dict(old)) if old is not None else None
             continue
         thetas[layer_type] = float(recorded.get(_key(layer_type), old["rope_theta"]))
-        rope[layer_type] = _rope_dict(scaling, old, thetas[layer_type], layout.rotary_dim)
+        encoding[layer_type] = _encode(layout, scaling, thetas[layer_type])
+        rope[layer_type] = _rope_dict(encoding[layer_type], old, thetas[layer_type], layout.rotary_dim,
+                                      layout.model_type)
 
     window = window_rule(scaling, layout.model_type)
     main = rope[layout.targets[0]]
@@ -206,7 +286,7 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
     speaks_v4 = speaks_transformers_v4(layout.model_type) or layout.v4_spelling
     if speaks_v4 and (not layout.nested or layout.model_type in WINDOW_IS_SCALED_TYPES):
         top["rope_theta"] = main["rope_theta"]
-        top["rope_scaling"] = _v4_rope_scaling(main)
+        top["rope_scaling"] = _v4_rope_scaling(main, layout.model_type)
         if layout.model_type in WINDOW_IS_SCALED_TYPES and rope.get("sliding_attention"):
             top["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
         if layout.partial_rotary_factor != 1.0:
@@ -218,9 +298,11 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
         # a model type transformers v4 never had (or a per-layer one): v5 configs without a v4
         # converter would read any rope_scaling key as a replacement for rope_parameters
         top["rope_scaling"] = REMOVE
+    written = main.get("rope_type", "default")
     if "original_max_position_embeddings" in main or layout.top_level_original is not None:
+        # longrope always: transformers v4 reads its original window only from the top level
         top["original_max_position_embeddings"] = original
-    if layout.null_head_dim and written in ("yarn", "dynamic"):
+    if layout.null_head_dim and written in ("yarn", "dynamic", "longrope"):
         # stock yarn/dynamic read getattr(config, "head_dim", default) and fail on a null head_dim
         top["head_dim"] = layout.head_dim
     if scaling.is_identity:
@@ -232,9 +314,10 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
             "original_max_position_embeddings": original,
             "window": scaling.window,
             "rope_theta": {_key(t): theta for t, theta in thetas.items()},
-            "params": {k: v for k, v in scaling.params.items() if v is not None},
+            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in scaling.params.items()
+                       if v is not None},
         }
-    return RopePatch(layout, scaling, rope, window, thetas, top)
+    return RopePatch(layout, scaling, rope, window, thetas, top, encoding)
 
 
 def patched_config_dict(config: Mapping[str, Any], patch: RopePatch) -> dict[str, Any]:

@@ -51,6 +51,9 @@ from .resume import (  # noqa: F401  (checkpoint_dir: public name)
 )
 from .save import card_recipe, save_run
 
+#: `method` value that trains with the scaling the checkpoint already carries (a searched longrope, say)
+KEEP = "keep"
+
 
 @dataclass
 class TrainResult:
@@ -74,7 +77,7 @@ class TrainResult:
 def finetune(
     model: Any,
     method: str,
-    factor: float,
+    factor: float | None,
     dataset: Any,
     output_dir: str | os.PathLike,
     recipe: Recipe | None = None,
@@ -90,6 +93,8 @@ def finetune(
     **keywords: Any,
 ) -> TrainResult:
     """Patch `model` for `method` at `factor` x its window, LoRA fine-tune it on `dataset`, merge, save.
+
+    method "keep" (factor None) trains with the scaling the checkpoint already carries, unchanged.
 
     model: a hub id or checkpoint directory (loaded here, with its tokenizer), or a loaded causal LM
         (patched and trained in place; pass `tokenizer` to save one with it).
@@ -110,6 +115,10 @@ def finetune(
 
     # -- plan: everything that needs no weights, the patch planned once -------------------------------
     recipe, params = _split_keywords(recipe, keywords)
+    if method == KEEP:
+        method, factor, original_max_position_embeddings, params = _kept_scaling(
+            model, factor, original_max_position_embeddings, replace, params)
+        replace = True  # the same scaling again, from the original window it records
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
     source = check_model(model)  # checked first, so its own problems are what gets reported
     # the output rule of ctxext.io: never the model or the data, --overwrite only on ctxext's own
@@ -269,3 +278,16 @@ def _printer(enabled: bool) -> Callable[[str], None]:
             print(message, file=sys.stderr, flush=True)
 
     return say
+
+
+def _kept_scaling(model: Any, factor: Any, original: Any, replace: bool, params: dict) -> tuple:
+    """(method, factor, original window, params) of the scaling the checkpoint carries, for method "keep"."""
+    from ..rope.layout import current_scaling
+
+    if factor is not None or original is not None or replace or params:
+        raise CtxextError(
+            "method 'keep' trains with the scaling the checkpoint already carries; drop the factor, "
+            "original_max_position_embeddings, replace and method parameters (or name a method to patch with)."
+        )
+    kept = current_scaling(read_layout(read_config(model, check_model(model))))
+    return kept["method"], kept["factor"], kept["original_max_position_embeddings"], kept["params"]

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ctxext.cli import main
 from ctxext.demo.run import demo_model_path
+from ctxext.demo.searched import searched_factors
 from ctxext.demo.synthetic import RULER_TASKS
 from ctxext.evaluation.passkey import evaluate_passkey
 from ctxext.evaluation.ruler import evaluate_ruler
@@ -39,7 +40,7 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     printed = capsys.readouterr().out
     report = json.loads((out / "demo.json").read_text())
     assert report["original_max_position_embeddings"] == 256 and report["factor"] == 8
-    names = ["base", "pi", "ntk", "yarn", "pi+lora", "yarn+lora"]
+    names = ["base", "pi", "ntk", "yarn", "longrope", "pi+lora", "yarn+lora"]
     assert [(r["model"], r["length"]) for r in report["rows"]] == [(n, L) for n in names for L in (256, 512, 1024, 2048)]
     for row in report["rows"]:
         assert 0 <= row["accuracy"] <= 1 and row["perplexity"] > 1 and 0 <= row["ruler"] <= 100
@@ -58,7 +59,8 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     assert ppl["pi+lora", 2048] < ppl["pi", 2048] / 4 and acc["pi+lora", 2048] == 0.0  # perplexity repaired, retrieval not
     for name in names:
         assert name in printed
-    for picture in ["passkey_accuracy.png", "perplexity.png"] + [f"passkey_heatmap_{n}.png" for n in ("base", "yarn")]:
+    assert report["longrope"]["long_factor"] == searched_factors()["long_factor"]
+    for picture in ["passkey_accuracy.png", "perplexity.png"] + [f"passkey_heatmap_{n}.png" for n in ("base", "yarn", "longrope")]:
         assert_picture(out / picture)
     md = (out / "report.md").read_text()
     assert "| yarn+lora |" in md and "![accuracy vs length](passkey_accuracy.png)" in md

@@ -67,3 +67,17 @@ def test_ruler_documents_fit_their_budget_and_end_with_the_answer_and_eos():
     stream = training_stream(TOKENIZER, 10, 512, seed=3)
     texts = [TOKENIZER.decode(stream[i : i + 512]) for i in range(0, len(stream), 512)]
     assert 2 <= sum("special magic" in t for t in texts) <= 8
+
+
+def test_search_needles_are_the_training_streams_passkey_documents():
+    """What a factor search of the demo model reads is what the demo fine-tunes on, not look-alikes."""
+    from ctxext.demo.synthetic import search_needles
+
+    length, period = 512, DocumentMaker(TOKENIZER).ids(".")
+    stream = training_stream(TOKENIZER, 12, length, seed=0)
+    docs = [stream[i : i + length] for i in range(0, len(stream), length)]
+    needles = search_needles(TOKENIZER, 3, length, seed=0)
+    passkey = [d for d in docs if "special magic" not in TOKENIZER.decode(d)]
+    assert len(needles) == 3 and len(passkey) >= 3
+    for (prompt, answer), doc in zip(needles, passkey):
+        assert prompt + answer + period == doc[: len(prompt) + len(answer) + len(period)]

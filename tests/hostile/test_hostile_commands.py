@@ -326,6 +326,47 @@ def cases() -> list:
         if message:
             add("train args", name, [*train, "{d}/book.txt", *extra, "--output", "{o}"], message)
 
+    # -- search ----------------------------------------------------------------------------------
+    search = ["search", "{m}", "--factor", "2", "--quiet", "--dataset"]
+    for name, (where, message) in {**datasets_, "empty text": ("{d}/empty.txt", "is empty"),
+                                   "empty jsonl": ("{d}/empty.jsonl", "is empty"),
+                                   "too short": ("{d}/short.txt", "No document in")}.items():
+        add("search --dataset", name, [*search, where, "--output", "{o}"], message)
+    for name, message in {**FOLDER, **{k: TYPES[k] for k in ("rope_theta-text", "rope_parameters-text", "head_dim-text",
+                                                              "window-text", "record-text")},
+                          **WEIGHTS, **TOKENIZER}.items():
+        add("search", name, [*search, "{d}/book.txt", "--output", "{o}"], message, name)
+    add("search", "gpt2", [*search, "{d}/book.txt", "--output", "{o}"], NOT_ROPE["gpt2"], "gpt2")
+    add("search", "already scaled, no --replace", [*search, "{d}/book.txt", "--output", "{o}"], "already uses llama3", "scaled")
+    for name, (where, message) in PLACES.items():
+        add("search", name, ["search", where, "--factor", "2", "--dataset", "{d}/book.txt", "--output", "{o}"], message)
+    for name, (extra, message) in _outputs(adds=False).items():
+        add("search --output", name, [*search, "{d}/book.txt", *extra], message)
+    add("search --output", "is the dataset folder", [*search, "{d}/dir-good", "--output", "{d}/dir-good", "--overwrite"],
+        "is the input {d}/dir-good")
+    add("search --output", "contains the dataset", [*search, "{d}/book.txt", "--output", "{d}", "--overwrite"], "contains the input")
+    add("search --output", "a user folder named like its state", [*search, "{d}/book.txt", "--output", "{w}/state", "--overwrite"],
+        "state.search exists and ctxext did not write it")
+    add("search --output", "a user folder named like its state, --resume", [*search, "{d}/book.txt", "--output", "{w}/state", "--resume"],
+        "state.search exists and ctxext did not write it")
+    for name, (extra, message) in {
+        "factor 1": (["--factor", "1"], "factor must be greater than 1 for a search"),
+        "factor 0.5": (["--factor", "0.5"], "factor must be >= 1"),
+        "factor nan": (["--factor", "nan"], "must be"),
+        "population 3": (["--population", "3"], "population must be a whole number of at least 4"),
+        "generations -1": (["--generations", "-1"], "generations must be a whole number, 0 or more"),
+        "max minutes 0": (["--max-minutes", "0"], "max_minutes must be a number of minutes greater than 0"),
+        "attention factor text": (["--attention-factor", "big"], "attention_factor must be a number or one of"),
+        "attention factor 0": (["--attention-factor", "0"], "attention_factor must be a positive number"),
+        "max long factor below the factor": (["--max-long-factor", "1.5"], "max_long_factor must be a number of at least the factor"),
+        "guard tolerance nan": (["--guard-tolerance", "nan"], "guard_tolerance must be a number, 0 or more"),
+        "length inside the window": (["--length", "100"], "must be longer than the original window"),
+        "objective": (["--objective", "loss"], "invalid choice: 'loss'"),
+        "samples 0": (["--samples", "0"], "expected a number greater than 0"),
+        "device tpu": (["--device", "tpu"], "Unknown device 'tpu'"),
+    }.items():
+        add("search args", name, [*search, "{d}/book.txt", *extra, "--output", "{o}"], message)
+
     # -- demo ------------------------------------------------------------------------------------
     for name, (extra, message) in _outputs(adds=False).items():
         if "source" not in name and name != "the workspace via ..":

@@ -313,4 +313,6 @@ def build(root: Path) -> World:
     (root / "cache").mkdir()
     (root / "run.checkpoints").mkdir()  # a user's folder that happens to have train's checkpoint name
     (root / "run.checkpoints" / "notes.txt").write_text("mine\n")
+    (root / "state.search").mkdir()  # a user's folder that happens to have search's state name
+    (root / "state.search" / "notes.txt").write_text("mine\n")
     return world

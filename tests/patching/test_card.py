@@ -15,7 +15,9 @@ GEMMA3 = {"model_type": "gemma3_text", "head_dim": 256, "max_position_embeddings
 
 
 def card(config, method, factor, source="meta-llama/Llama-2-7b-hf", **kwargs):
-    return render_model_card(source, plan_patch(read_layout(config), resolve(method, factor)), **kwargs)
+    layout = read_layout(config)
+    params = {"long_factor": [float(factor)] * (layout.rotary_dim // 2)} if method == "longrope" else {}
+    return render_model_card(source, plan_patch(layout, resolve(method, factor, **params)), **kwargs)
 
 
 def test_the_card_names_method_factor_windows_and_what_was_written():

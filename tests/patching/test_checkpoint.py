@@ -62,6 +62,48 @@ def test_cli_output_reloads_like_the_in_memory_patch(arch, method, sources, tmp_
         torch.testing.assert_close(reloaded(ids).logits, in_memory(ids).logits, rtol=0, atol=0)
 
 
+def _factors(n: int, top: float) -> list[float]:
+    return [1.0 + (top - 1.0) * i / (n - 1) for i in range(n)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi", "phi3"])
+def test_longrope_from_the_cli_reloads_like_the_in_memory_patch(arch, tmp_path, capsys):
+    """--long-factor from a .json file, --short-factor as a comma list; both sides of the original window."""
+    src = save_checkpoint(tmp_path / "src", arch)
+    half = {"llama": 8, "phi": 4, "phi3": 8}[arch]
+    long, short = _factors(half, 8.0), _factors(half, 1.5)
+    (tmp_path / "long.json").write_text(json.dumps(long))
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli("patch", src, "--method", "longrope", "--factor", 8, "--long-factor",
+                                   tmp_path / "long.json", "--short-factor", ",".join(map(str, short)),
+                                   "--output", out, capsys=capsys)
+    assert code == 0 and stderr == "", stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["rope_parameters"]["long_factor"] == long and saved["rope_parameters"]["short_factor"] == short
+    assert saved["max_position_embeddings"] == 8 * L0 and saved["original_max_position_embeddings"] == L0
+    in_memory = ctxext.patch_model(AutoModelForCausalLM.from_pretrained(src).eval(), "longrope", 8,
+                                   long_factor=long, short_factor=short)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        for ids in (token_ids(L0), token_ids(8 * L0 + 8)):
+            torch.testing.assert_close(reloaded(ids).logits, in_memory(ids).logits, rtol=0, atol=0)
+    assert "`long_factor=[" + str(half) + " values, 1 to 8]`" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["pi", "ntk-by-parts", "yarn", "llama3"])
+def test_phi3_checkpoints_take_static_methods_as_longrope(method, tmp_path, capsys):
+    src = save_checkpoint(tmp_path / "src", "phi3")
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli("patch", src, "--method", method, "--factor", 8, "--output", out, capsys=capsys)
+    assert code == 0, stderr
+    assert json.loads((out / "config.json").read_text())["rope_parameters"]["rope_type"] == "longrope"
+    in_memory = ctxext.patch_model(AutoModelForCausalLM.from_pretrained(src).eval(), method, 8)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = token_ids(8 * L0)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, in_memory(ids).logits, rtol=0, atol=0)
+
+
 def test_weights_are_linked_byte_identical_and_everything_else_carried(sources, tmp_path):
     src, out = sources["llama"], tmp_path / "out"
     patch_checkpoint(src, out, "yarn", 8)
@@ -168,6 +210,13 @@ BAD = {
     "unknown method": (["--method", "rope2", "--factor", "2"], "invalid choice: 'rope2'"),
     "parameter of another method": (["--method", "pi", "--factor", "2", "--beta-fast", "16"],
                                     "Unknown parameter(s) beta_fast for method 'pi'"),
+    "longrope without factors": (["--method", "longrope", "--factor", "2"], "longrope needs long_factor"),
+    "longrope factor list": (["--method", "longrope", "--factor", "2", "--long-factor", "1,x"],
+                             "expected comma-separated numbers or a .json file, got '1,x'"),
+    "longrope factor count": (["--method", "longrope", "--factor", "2", "--long-factor", "1,2,3"],
+                              "long_factor has 3 numbers, but this model has 16 rotary dimensions, so it needs 8"),
+    "longrope missing file": (["--method", "longrope", "--factor", "2", "--long-factor", "nope.json"],
+                              "no such file 'nope.json'"),
 }
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import warnings
 
 import pytest
@@ -15,7 +16,16 @@ from ctxext.rope.layout import read_layout
 from tiny import ARCHITECTURES, tiny_config, tiny_model, token_ids
 
 L0 = 64  # the tiny models' window
-STOCK_METHODS = ["pi", "ntk", "dynamic-ntk", "ntk-by-parts", "yarn", "llama3"]
+STOCK_METHODS = ["pi", "ntk", "dynamic-ntk", "ntk-by-parts", "yarn", "llama3", "longrope"]
+
+
+def method_params(method: str, model) -> dict:
+    """Parameters a method cannot do without: longrope's factors, one per rotary frequency of `model`."""
+    if method != "longrope":
+        return {}
+    half = read_layout(model.config.to_dict()).rotary_dim // 2
+    return {"long_factor": [1.0 + 7.0 * (i / max(1, half - 1)) ** 2 for i in range(half)],
+            "short_factor": [1.0 + 0.5 * i / max(1, half - 1) for i in range(half)]}
 
 
 def rotary_modules(model):
@@ -47,20 +57,24 @@ def reload(model, tmp_path):
 def cases():
     for arch in ARCHITECTURES:
         for method in STOCK_METHODS:
-            if arch == "phi3" and method != "ntk":
-                continue  # stock Phi-3 configs accept no other type (see test_phi3_accepts_only_ntk)
+            if arch == "phi3" and method == "dynamic-ntk":
+                continue  # a longrope-only config cannot say it (see test_phi3_takes_static_methods_as_longrope)
             yield arch, method
 
 
 @pytest.mark.parametrize("arch,method", list(cases()))
 def test_save_and_stock_reload_give_identical_logits(arch, method, tmp_path):
     model = tiny_model(arch)
-    ctxext.patch_model(model, method, 8)
+    ctxext.patch_model(model, method, 8, **method_params(method, model))
     ids = token_ids(8 * L0)  # the whole new window: dynamic methods grow their frequencies here
     with torch.no_grad():
         before = model(ids).logits
-        after = reload(model, tmp_path)(ids).logits
+        inside = model(ids[:, : L0 // 2]).logits  # and back inside the original window (longrope's short set)
+        reloaded = reload(model, tmp_path)
+        after = reloaded(ids).logits
+        inside_after = reloaded(ids[:, : L0 // 2]).logits
     torch.testing.assert_close(after, before, rtol=0, atol=0)
+    torch.testing.assert_close(inside_after, inside, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -138,15 +152,34 @@ def test_each_spelling_alone_gives_the_same_frequencies(arch, method, tmp_path):
 
 
 def test_max_position_embeddings_follows_the_window_rule():
-    expected = {"pi": L0, "dynamic-ntk": L0, "ntk": 8 * L0, "yarn": 8 * L0, "ntk-by-parts": 8 * L0, "llama3": 8 * L0}
+    expected = {"pi": L0, "dynamic-ntk": L0, "ntk": 8 * L0, "yarn": 8 * L0, "ntk-by-parts": 8 * L0, "llama3": 8 * L0,
+                "longrope": 8 * L0}
     for method, window in expected.items():
         model = tiny_model("llama")
-        ctxext.patch_model(model, method, 8)
+        ctxext.patch_model(model, method, 8, **method_params(method, model))
         assert model.config.max_position_embeddings == window, method
         assert read_layout(model.config.to_dict()).window == 8 * L0
     gemma = tiny_model("gemma3_text")  # vLLM does not multiply for Gemma 3
     ctxext.patch_model(gemma, "pi", 8)
     assert gemma.config.max_position_embeddings == 8 * L0
+    gemma = tiny_model("gemma3_text")  # but stock dynamic NTK reads it as the original window there too
+    ctxext.patch_model(gemma, "dynamic-ntk", 8)
+    assert gemma.config.max_position_embeddings == L0
+
+
+def test_dynamic_ntk_engages_on_gemma3_inside_its_window():
+    """Regression: with max_position_embeddings written as L0 x s, stock dynamic NTK never scaled inside it."""
+    model = tiny_model("gemma3_text")
+    ctxext.patch_model(model, "dynamic-ntk", 8)
+    rotary = model.model.rotary_emb
+    with torch.no_grad():
+        model(token_ids(4 * L0))
+    expected, _ = compute_inv_freq("dynamic-ntk", 16, 1e6, 8, L0, seq_len=4 * L0)
+    assert not torch.equal(expected, default_inv_freq(16, 1e6))
+    # stock computes the run-time base from a float32 tensor length: equal to a float32 rounding
+    torch.testing.assert_close(rotary.full_attention_inv_freq, expected, rtol=2.4e-7, atol=0)
+    torch.testing.assert_close(rotary.sliding_attention_inv_freq, default_inv_freq(16, 10000.0), rtol=0, atol=0)
+    assert read_layout(model.config.to_dict()).window == 8 * L0
 
 
 def test_relative_position_property_survives_patching():
@@ -157,7 +190,7 @@ def test_relative_position_property_survives_patching():
         model = tiny_model("llama")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ctxext.patch_model(model, method, 8)
+            ctxext.patch_model(model, method, 8, **method_params(method, model))
         rotary = model.model.rotary_emb
         positions = torch.tensor([[3, 40, 300, 337]])
         cos, sin = rotary(q, positions)  # [1, 4, 16]
@@ -245,11 +278,56 @@ def test_longrope_phi3_is_recognised():
         ctxext.patch_model(model, "ntk", 8)
 
 
-def test_phi3_accepts_only_ntk():
+@pytest.mark.parametrize("method", ["pi", "ntk-by-parts", "yarn", "llama3"])
+def test_phi3_takes_static_methods_as_longrope(method, tmp_path):
+    """Phi-3's stock config accepts only longrope: per-dim factors give the method's frequencies and scale."""
+    model = tiny_model("phi3")
+    ctxext.patch_model(model, method, 8)
+    rotary = model.model.rotary_emb
+    expected, scale = compute_inv_freq(method, 16, 10000.0, 8, L0)
+    torch.testing.assert_close(rotary.inv_freq, expected, rtol=1.2e-7, atol=0)  # one float32 rounding at most
+    assert rotary.attention_scaling == scale
+    rope = model.config.rope_parameters
+    assert rope["rope_type"] == "longrope" and rope["long_factor"] == rope["short_factor"]
+    assert model.config.to_dict()["ctxext"]["method"] == method
+    ids = token_ids(8 * L0 + 16)  # past the window, where stock switches to long_factor
+    with torch.no_grad():
+        before, inside = model(ids).logits, model(ids[:, :L0]).logits
+        reloaded = reload(model, tmp_path)
+        torch.testing.assert_close(reloaded(ids).logits, before, rtol=0, atol=0)
+        torch.testing.assert_close(reloaded(ids[:, :L0]).logits, inside, rtol=0, atol=0)
+    assert reloaded.model.rotary_emb.attention_scaling == scale
+
+
+def test_phi3_refuses_dynamic_ntk_and_names_what_works():
     model = tiny_model("phi3")
     before = snapshot(model)
-    with pytest.raises(ValueError, match="phi3 config accepts only rope types default, longrope.*use ntk"):
-        ctxext.patch_model(model, "yarn", 8)
+    with pytest.raises(ValueError, match="phi3 config accepts only rope types default, longrope.*use ntk, pi, "
+                                         "ntk-by-parts, yarn, llama3 or longrope"):
+        ctxext.patch_model(model, "dynamic-ntk", 8)
+    assert_same_snapshot(before, snapshot(model))
+
+
+def test_longrope_switches_factor_sets_at_the_original_window():
+    model = tiny_model("llama")
+    params = method_params("longrope", model)
+    ctxext.patch_model(model, "longrope", 8, **params)
+    rotary = model.model.rotary_emb
+    base = default_inv_freq(16, 10000.0)
+    with torch.no_grad():
+        model(token_ids(L0))
+        torch.testing.assert_close(rotary.inv_freq, base / torch.tensor(params["short_factor"]), rtol=1.2e-7, atol=0)
+        model(token_ids(L0 + 1))
+        torch.testing.assert_close(rotary.inv_freq, base / torch.tensor(params["long_factor"]), rtol=1.2e-7, atol=0)
+    assert rotary.attention_scaling == pytest.approx(math.sqrt(1 + math.log(8) / math.log(L0)))
+
+
+def test_longrope_factor_count_is_checked_against_the_model():
+    model = tiny_model("phi")  # partial rotary 0.5: 8 rotary dims, 4 frequencies
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="long_factor has 8 numbers, but this model has 8 rotary dimensions, so it "
+                                         "needs 4"):
+        ctxext.patch_model(model, "longrope", 8, long_factor=[2.0] * 8)
     assert_same_snapshot(before, snapshot(model))
 
 
@@ -311,6 +389,21 @@ def test_repatching_with_replace_removes_the_dynamic_hook():
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, default_inv_freq(16, 10000.0) / 8, rtol=0, atol=0)
 
 
+def test_dynamic_yarn_at_factor_one_with_replace_installs_no_hook(tmp_path):
+    """Regression: factor 1 writes an unscaled config, so the model must not scale past L0 in memory either."""
+    plain = tiny_model("llama")
+    model = tiny_model("llama")
+    ctxext.patch_model(model, "yarn", 8)
+    ctxext.patch_model(model, "dynamic-yarn", 1, replace=True)
+    assert not model.model.rotary_emb._forward_pre_hooks
+    ids = token_ids(4 * L0)
+    with torch.no_grad():
+        logits = model(ids).logits
+        torch.testing.assert_close(logits, plain(ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(reload(model, tmp_path)(ids).logits, logits, rtol=0, atol=0)
+    torch.testing.assert_close(model.model.rotary_emb.inv_freq, default_inv_freq(16, 10000.0), rtol=0, atol=0)
+
+
 def test_original_window_can_be_given():
     model = tiny_model("llama")
     ctxext.patch_model(model, "yarn", 4, original_max_position_embeddings=32)
@@ -360,3 +453,17 @@ def test_a_patch_planned_for_another_config_is_refused_and_changes_nothing():
     with pytest.raises(RopeConfigError, match="planned for another llama rope layout"):
         apply_patch(model, patch)
     assert model.config.to_dict() == before[0] and torch.equal(model.model.rotary_emb.inv_freq, before[1])
+
+
+def test_a_scaling_that_stock_never_engages_is_refused(monkeypatch):
+    """The stock-reading check runs the stock rotary forward at several lengths: with the old window rule
+    (Gemma 3's dynamic NTK at max_position_embeddings = L0 x s) stock keeps the original frequencies."""
+    import ctxext.rope.plan as plan
+
+    monkeypatch.setattr(plan, "window_rule", lambda scaling, model_type: scaling.window)
+    model = tiny_model("gemma3_text")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="does not use the frequencies ctxext computes for dynamic-ntk at 65 tokens "
+                                         r"\(it keeps the original frequencies\)"):
+        ctxext.patch_model(model, "dynamic-ntk", 8)
+    assert_same_snapshot(before, snapshot(model))

@@ -9,9 +9,19 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from ctxext.rope.methods import METHODS
-from ctxext.rope.functions import compute_inv_freq, default_inv_freq, wavelengths, yarn_ramp
+from ctxext.rope.functions import compute_inv_freq, default_inv_freq, longrope_factors, wavelengths, yarn_ramp
 
 EXACT = dict(rtol=0, atol=0)
+
+
+def ramp_factors(dim: int, top: float) -> list[float]:
+    """A LongRoPE-like factor list [dim/2]: 1 for the fast dims rising to `top` for the slow ones."""
+    return [1.0 + (top - 1.0) * (i / (dim // 2 - 1)) ** 2 for i in range(dim // 2)]
+
+
+def method_params(method: str, dim: int) -> dict:
+    """The parameters a method cannot do without (longrope's factor lists)."""
+    return {"long_factor": ramp_factors(dim, 8.0)} if method == "longrope" else {}
 
 
 def stock(rope_parameters: dict, head_dim: int = 128, max_position_embeddings: int = 4096, seq_len=None,
@@ -130,17 +140,68 @@ def test_cos_sin_match_stock_at_131072_positions():
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_factor_one_is_the_identity(method):
+@pytest.mark.parametrize("seq_len", [None, 4096, 32768])
+def test_factor_one_is_the_identity(method, seq_len):
+    """Dynamic methods included: factor 1 is what ctxext writes as plain RoPE, at every length."""
     base = default_inv_freq(128, 10000.0)
-    inv_freq, scale = compute_inv_freq(method, 128, 10000.0, 1, 4096, seq_len=4096)
+    inv_freq, scale = compute_inv_freq(method, 128, 10000.0, 1, 4096, seq_len=seq_len, **method_params(method, 128))
     torch.testing.assert_close(inv_freq, base, **EXACT)
     assert scale == 1.0
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_always_float32(method):
-    inv_freq, _ = compute_inv_freq(method, 64, 10000.0, 8, 2048, seq_len=16384)
+    inv_freq, _ = compute_inv_freq(method, 64, 10000.0, 8, 2048, seq_len=16384, **method_params(method, 64))
     assert inv_freq.dtype == torch.float32 and inv_freq.shape == (32,)
+
+
+@pytest.mark.parametrize("head_dim,partial,theta,L0,factor", CASES)
+@pytest.mark.parametrize("seq_len_over_L0", [None, 0.5, 1.0, 1.001, 3.0])
+@pytest.mark.parametrize("attention_factor", [None, 1.0, 1.3])
+def test_longrope_matches_stock_longrope(head_dim, partial, theta, L0, factor, seq_len_over_L0, attention_factor):
+    """Short factors up to L0, long ones past it; attention sqrt(1 + ln s / ln L0) unless given."""
+    dim = int(head_dim * partial)
+    long, short = ramp_factors(dim, 2 * factor), ramp_factors(dim, 1.5)
+    seq_len = None if seq_len_over_L0 is None else max(1, int(L0 * seq_len_over_L0))
+    ours = compute_inv_freq("longrope", dim, theta, factor, L0, seq_len=seq_len, long_factor=long, short_factor=short,
+                            attention_factor=attention_factor)
+    params = {"rope_type": "longrope", "rope_theta": theta, "factor": factor, "original_max_position_embeddings": L0,
+              "long_factor": long, "short_factor": short}
+    if attention_factor is not None:
+        params["attention_factor"] = attention_factor
+    ref = stock(params, head_dim, int(L0 * factor), seq_len=seq_len, partial_rotary_factor=partial)
+    torch.testing.assert_close(ours[0], ref[0], **EXACT)
+    assert ours[1] == ref[1]
+    if attention_factor is None:
+        assert ours[1] == pytest.approx(math.sqrt(1 + math.log(factor) / math.log(L0)), rel=1e-12)
+    # which set: theta_i / lambda_i, independently of the stock formula's operation order
+    chosen = long if seq_len is not None and seq_len > L0 else short
+    torch.testing.assert_close(ours[0], default_inv_freq(dim, theta) / torch.tensor(chosen), rtol=1e-6, atol=0)
+
+
+def test_longrope_stock_derives_factor_from_the_windows_as_phi3_does():
+    """Phi-3 gives no `factor`: stock takes max_position_embeddings / original window, as ctxext's factor."""
+    long = ramp_factors(96, 16.0)
+    ref = stock({"rope_type": "longrope", "long_factor": long, "short_factor": long,
+                 "original_max_position_embeddings": 4096}, 96, 131072)
+    ours = compute_inv_freq("longrope", 96, 10000.0, 32, 4096, long_factor=long)
+    torch.testing.assert_close(ours[0], ref[0], **EXACT)
+    assert ours[1] == ref[1]
+
+
+@pytest.mark.parametrize("head_dim,partial,theta,L0,factor", CASES)
+@pytest.mark.parametrize("method", ["pi", "ntk-by-parts", "yarn", "llama3", "ntk"])
+def test_a_static_method_written_as_longrope_keeps_its_frequencies(head_dim, partial, theta, L0, factor, method):
+    """The Phi-3 encoding: factors theta_i / inv_freq_i give back the method's frequencies to one float32 rounding."""
+    dim = int(head_dim * partial)
+    inv_freq, _ = compute_inv_freq(method, dim, theta, factor, L0)
+    factors = longrope_factors(inv_freq, dim, theta)
+    assert len(factors) == dim // 2 and min(factors) >= 1.0
+    back, _ = compute_inv_freq("longrope", dim, theta, factor, L0, long_factor=factors, attention_factor=1.0)
+    torch.testing.assert_close(back, inv_freq, rtol=1.2e-7, atol=0)  # 2^-23: one float32 rounding
+    # kept dims are written as exactly 1, interpolated ones (pi: all) as exactly the factor
+    if method == "pi" and factor in (8.0, 16.0, 4.0):
+        assert set(factors) == {factor}
 
 
 def test_yarn_keeps_high_and_interpolates_low_frequencies():

@@ -4,6 +4,8 @@ The configs below keep only the keys that matter for RoPE, with the values of th
 checkpoints they are named after.
 """
 
+import math
+
 import pytest
 
 from ctxext.rope.methods import resolve
@@ -85,8 +87,40 @@ def test_phi3_longrope_is_recognised():
     assert layout.scaling_type == "longrope" and layout.original_max_position_embeddings == 4096
     with pytest.raises(RopeConfigError, match="already uses longrope"):
         plan_patch(layout, resolve("ntk", 2))
-    with pytest.raises(RopeConfigError, match="accepts only rope types default, longrope"):
-        plan_patch(layout, resolve("yarn", 2), replace=True)
+    with pytest.raises(RopeConfigError, match="accepts only rope types default, longrope, so a dynamic-ntk checkpoint "
+                                              "would not load as written; use ntk, pi, ntk-by-parts, yarn, llama3 or longrope"):
+        plan_patch(layout, resolve("dynamic-ntk", 2), replace=True)
+
+
+def test_phi3_static_methods_are_written_as_longrope():
+    """Phi-3's stock config takes only longrope: yarn x8 from 4k becomes per-dim factors + explicit attention."""
+    from ctxext.rope.functions import compute_inv_freq
+
+    patch = plan_patch(read_layout(PHI3_MINI_128K), resolve("yarn", 8), replace=True)
+    out = patched_config_dict(PHI3_MINI_128K, patch)
+    rope = out["rope_parameters"]
+    assert rope["rope_type"] == "longrope" and rope["factor"] == 8.0
+    assert rope["original_max_position_embeddings"] == 4096 and out["original_max_position_embeddings"] == 4096
+    assert rope["long_factor"] == rope["short_factor"] and len(rope["long_factor"]) == 48
+    assert rope["attention_factor"] == pytest.approx(0.1 * math.log(8) + 1)
+    inv_freq, _ = compute_inv_freq("yarn", 96, 10000.0, 8, 4096)
+    expected = (compute_inv_freq("yarn", 96, 10000.0, 1, 4096)[0].double() / inv_freq.double()).tolist()
+    assert rope["long_factor"] == pytest.approx(expected, rel=1e-6)
+    assert rope["long_factor"][0] == 1.0 and rope["long_factor"][-1] == 8.0  # kept and interpolated ends
+    assert out["max_position_embeddings"] == 32768
+    # transformers v4's Phi-3 takes exactly three keys and derives another attention scale: the full dict
+    # is written instead (v5 reads it; v4 refuses it loudly, see ctxext.rope.readers)
+    assert out["rope_scaling"]["attention_factor"] == rope["attention_factor"]
+    assert out["ctxext"]["method"] == "yarn"
+
+
+def test_phi3_longrope_with_the_derived_attention_keeps_the_v4_three_keys():
+    factors = [1.0 + i / 8 for i in range(48)]
+    patch = plan_patch(read_layout(PHI3_MINI_128K), resolve("longrope", 32, long_factor=factors), replace=True)
+    out = patched_config_dict(PHI3_MINI_128K, patch)
+    assert out["rope_scaling"] == {"type": "longrope", "short_factor": factors, "long_factor": factors}
+    assert out["rope_parameters"]["attention_factor"] == pytest.approx(math.sqrt(1 + math.log(32) / math.log(4096)))
+    assert out["max_position_embeddings"] == 131072 and out["original_max_position_embeddings"] == 4096
 
 
 def test_gemma3_composite_config_patches_text_config_global_layers():

@@ -8,7 +8,7 @@ from ctxext.rope.functions import ROPE_FUNCTIONS
 
 def test_registry_and_math_share_names():
     assert set(METHODS) == set(ROPE_FUNCTIONS)
-    assert set(METHODS) == {"pi", "ntk", "dynamic-ntk", "ntk-by-parts", "yarn", "dynamic-yarn", "llama3"}
+    assert set(METHODS) == {"pi", "ntk", "dynamic-ntk", "ntk-by-parts", "yarn", "dynamic-yarn", "llama3", "longrope"}
     assert ALIASES == {"linear": "pi", "dynamic": "dynamic-ntk"}
     assert METHOD_CHOICES[: len(METHODS)] == tuple(METHODS)
 
@@ -71,3 +71,36 @@ def test_parameter_ranges():
 def test_yarn_attention_factor_formula():
     assert yarn_attention_factor(1) == 1.0
     assert yarn_attention_factor(8) == pytest.approx(0.1 * 2.0794415416798357 + 1)
+
+
+def test_longrope_parameters():
+    scaling = resolve("longrope", 8, long_factor=[1, 2.5, 8])
+    assert scaling.params["long_factor"] == scaling.params["short_factor"] == (1.0, 2.5, 8.0)
+    assert scaling.params["attention_factor"] is None and not scaling.is_dynamic
+    two = resolve("longrope", 8, long_factor=[1, 2, 8], short_factor=(1, 1, 1.5), attention_factor=1.1)
+    assert two.params["short_factor"] == (1.0, 1.0, 1.5) and two.is_dynamic
+
+
+@pytest.mark.parametrize("params,error,message", [
+    ({}, ValueError, "longrope needs long_factor"),
+    ({"long_factor": "1,2"}, TypeError, "long_factor must be a list of numbers"),
+    ({"long_factor": 2.0}, TypeError, "long_factor must be a list of numbers"),
+    ({"long_factor": []}, ValueError, "long_factor is empty"),
+    ({"long_factor": [1, "2"]}, TypeError, r"long_factor\[1\] must be a number"),
+    ({"long_factor": [1, float("nan")]}, ValueError, r"long_factor\[1\] must be a finite number"),
+    ({"long_factor": [1, 0.5]}, ValueError, "long_factor must hold numbers >= 1.*0.5 at index 1"),
+    ({"long_factor": [1, 2], "short_factor": [1]}, ValueError, "must have the same length.*got 1 and 2"),
+    ({"long_factor": [1, 2], "attention_factor": -1}, ValueError, "attention_factor must be positive"),
+])
+def test_longrope_bad_parameters_get_a_sentence(params, error, message):
+    with pytest.raises(error, match=message) as info:
+        resolve("longrope", 8, **params)
+    assert str(info.value).endswith(".")
+
+
+def test_longrope_factor_count_must_match_the_rotary_dims():
+    from ctxext.rope.functions import compute_inv_freq
+
+    with pytest.raises(ValueError, match="long_factor has 3 numbers, but this model has 64 rotary dimensions, so it "
+                                         "needs 32"):
+        compute_inv_freq("longrope", 64, 10000.0, 8, 4096, long_factor=[1, 2, 3])
