@@ -6,8 +6,8 @@ import argparse
 
 EXAMPLES = """\
 examples:
-  ctxext demo                          # ~10 minutes on 2 CPU cores; results in ./ctxext-demo/
-  ctxext demo --quick --output demo    # ~2 minutes: fewer keys and fine-tune steps
+  ctxext demo                          # ~12 minutes on 2 CPU cores; results in ./ctxext-demo/
+  ctxext demo --quick --output demo    # ~3 minutes: fewer keys and fine-tune steps
   ctxext demo --output demo --overwrite
 
 The embedded model retrieves a passkey and RULER's needles inside its 256-token window. The demo

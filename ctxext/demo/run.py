@@ -1,7 +1,7 @@
 """`ctxext demo`: the whole story on the embedded tiny model, offline, in minutes on a CPU.
 
-    ctxext demo                      # about 10 minutes on 2 CPU cores, writes ./ctxext-demo/
-    ctxext demo --quick --output d   # about 2 minutes: fewer samples and fine-tune steps
+    ctxext demo                      # about 12 minutes on 2 CPU cores, writes ./ctxext-demo/
+    ctxext demo --quick --output d   # about 3 minutes: fewer samples and fine-tune steps
 
 The embedded model (ctxext/demo/assets/demo_model, trained by recipes/pretrain_tiny.py) retrieves a
 passkey and RULER's needles inside its 256-token window. The demo measures passkey accuracy,
