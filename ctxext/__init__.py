@@ -41,6 +41,8 @@ _EXPORTS = {
     "CtxextError": "ctxext.errors",
     "evaluate_passkey": "ctxext.evaluation.passkey",
     "evaluate_perplexity": "ctxext.evaluation.perplexity",
+    "evaluate_ruler": "ctxext.evaluation.ruler",
+    "build_ruler_prompts": "ctxext.evaluation.ruler",
     "finetune": "ctxext.training.finetune",
     "Recipe": "ctxext.training.recipe",
     "TrainResult": "ctxext.training.finetune",

@@ -1,20 +1,22 @@
 """Pre-train the tiny passkey model that `ctxext demo` ships, from scratch, on a CPU.
 
-    python recipes/pretrain_tiny.py --threads 1          # ~25 min on 2 cores; writes ctxext/demo/assets/demo_model/
+    python recipes/pretrain_tiny.py --threads 1          # 52 min on a busy shared 2-core machine; writes ctxext/demo/assets/demo_model/
                                                          # (the shipped weights came from exactly this command)
     python recipes/pretrain_tiny.py --output /tmp/tiny --steps 300   # a quicker look
 
 A 4-layer, 128-wide Llama (stock transformers) with a 256-token window and its own byte-level BPE
-tokenizer (ctxext.demo.synthetic.build_tokenizer), trained on synthetic documents laid out like the
-standard passkey prompt: an intro, filler (the standard "The grass is green. ..." lines, varied
-sentences, or a mix), the key line at a random depth, sometimes distractor key lines, and the
-question with its answer. The loss is the cross-entropy on the answer's digits plus 0.1 x the
-language-model loss on everything else (so perplexity means something too). Seeded: the same seed
-gives the same tokenizer, data order and weights.
+tokenizer (ctxext.demo.synthetic.build_tokenizer), trained on two kinds of synthetic documents, half
+each: passkey documents laid out like the standard passkey prompt (an intro, filler -- the standard
+"The grass is green. ..." lines, varied sentences, or a mix --, the key line at a random depth,
+sometimes distractor key lines, and the question with its answer), and RULER prompts of
+ctxext.demo.synthetic.RULER_TASKS (needle in noise, in essay prose, among other needles) built by
+ctxext's RULER prompt builder with seeds no evaluation uses, followed by the answer and EOS. The loss
+is the cross-entropy on the answer's tokens plus 0.1 x the language-model loss on everything else (so
+perplexity means something too). Seeded: the same seed gives the same tokenizer, data order and weights.
 
-It retrieves the key inside its window and, like any RoPE model, fails beyond it; `ctxext demo`
-shows patching plus a short LoRA fine-tune bringing it back at 8x. The check at the end runs
-ctxext's own passkey evaluation on the standard prompt.
+It retrieves the key and the needles inside its window and, like any RoPE model, fails beyond it;
+`ctxext demo` shows patching plus a short LoRA fine-tune bringing it back at 8x. The checks at the end
+run ctxext's own passkey and RULER evaluations.
 """
 
 from __future__ import annotations
@@ -32,19 +34,23 @@ import torch.nn.functional as F
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from ctxext.evaluation.passkey import evaluate_passkey
-from ctxext.demo.synthetic import DocumentMaker, build_tokenizer
+from ctxext.demo.synthetic import RULER_TASKS, DocumentMaker, RulerDocuments, build_tokenizer
 
 WINDOW = 256
 OUTPUT = Path(__file__).resolve().parents[1] / "ctxext" / "demo" / "assets" / "demo_model"
 
 
-def make_batch(maker: DocumentMaker, rng: random.Random, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_batch(maker: DocumentMaker, ruler: RulerDocuments, rng: random.Random, batch: int,
+               ruler_fraction: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """[batch, WINDOW] ids, answer-target mask and document mask; one document per row, random length."""
     pad = maker.tokenizer.pad_token_id
     rows, answers, valid = [], [], []
     for _ in range(batch):
-        budget = WINDOW if rng.random() < 0.5 else rng.randint(48, WINDOW)
-        prompt, answer = maker.make(rng, budget)
+        if rng.random() < ruler_fraction:
+            prompt, answer = ruler.make(rng, WINDOW)
+        else:
+            budget = WINDOW if rng.random() < 0.5 else rng.randint(128, WINDOW)
+            prompt, answer = maker.make(rng, budget)
         ids = prompt + answer
         rows.append(ids + [pad] * (WINDOW - len(ids)))
         # position t predicts token t+1: answer targets sit at the positions just before each answer token
@@ -75,7 +81,7 @@ def build_model(vocab_size: int, seed: int) -> LlamaForCausalLM:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=OUTPUT)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lm-weight", type=float, default=0.1)
@@ -87,6 +93,7 @@ def main() -> None:
 
     tokenizer = build_tokenizer(seed=args.seed)
     maker, rng = DocumentMaker(tokenizer), random.Random(args.seed)
+    ruler = RulerDocuments(tokenizer, seed=args.seed)
     model = build_model(len(tokenizer), args.seed)
     params = sum(p.numel() for p in model.parameters())
     print(f"{params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}, window {WINDOW}", flush=True)
@@ -98,7 +105,7 @@ def main() -> None:
         lr = args.lr * min(1.0, step / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        ids, answer, valid = make_batch(maker, rng, args.batch)
+        ids, answer, valid = make_batch(maker, ruler, rng, args.batch)
         loss, answer_loss, lm_loss = loss_fn(model(ids).logits, ids, answer, valid, args.lm_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -119,9 +126,14 @@ def main() -> None:
     tmp.rename(args.output)
     print(f"saved {args.output} after {time.perf_counter() - started:.0f} s", flush=True)
 
-    report = evaluate_passkey([("base", model, tokenizer)], [WINDOW, 2 * WINDOW, 4 * WINDOW, 8 * WINDOW], trials=8,
-                              seed=1, progress=False)
-    print(json.dumps({s["length"]: s["accuracy"] for s in report["summary"]}), flush=True)
+    lengths = [WINDOW, 2 * WINDOW, 4 * WINDOW, 8 * WINDOW]
+    report = evaluate_passkey([("base", model, tokenizer)], lengths, trials=8, seed=1, progress=False)
+    print("passkey", json.dumps({s["length"]: s["accuracy"] for s in report["summary"]}), flush=True)
+    from ctxext.evaluation.ruler import evaluate_ruler
+
+    ruler_report = evaluate_ruler([("base", model, tokenizer)], lengths, tasks=RULER_TASKS, samples=8, seed=1,
+                                  progress=False)
+    print("ruler", json.dumps({s["length"]: s["score"] for s in ruler_report["average"]}), flush=True)
 
 
 if __name__ == "__main__":

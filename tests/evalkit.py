@@ -51,8 +51,8 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 VOCAB = len(SPECIALS) + 256
 
 
-def trained_tokenizer(kind: str = "bpe", vocab_size: int = 600) -> PreTrainedTokenizerFast:
-    """A BPE tokenizer trained in a second on the prompt's own text, so keys take 3 or 4 tokens.
+def trained_tokenizer(kind: str = "bpe", vocab_size: int = 600, extra: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """A BPE tokenizer trained in a second on the prompt's own text (plus `extra` lines), so keys take 3 or 4 tokens.
 
     kind "bpe": byte-level, GPT-2 style ("Ġ" marks a space); "metaspace": SentencePiece style, as in
     Llama 2 and Mistral ("▁" marks a space, one is put in front of the text, digits split apart).
@@ -64,7 +64,7 @@ def trained_tokenizer(kind: str = "bpe", vocab_size: int = 600) -> PreTrainedTok
     from ctxext.evaluation.passkey import FILLER, KEY_LINE, QUESTION, TASK
 
     rng = random.Random(0)
-    corpus = [TASK, FILLER * 3, QUESTION] + [KEY_LINE.format(key=rng.randint(10000, 99999)) for _ in range(200)]
+    corpus = [TASK, FILLER * 3, QUESTION] + [KEY_LINE.format(key=rng.randint(10000, 99999)) for _ in range(200)] + list(extra)
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=kind == "metaspace"))
     if kind == "bpe":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

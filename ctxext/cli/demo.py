@@ -6,14 +6,15 @@ import argparse
 
 EXAMPLES = """\
 examples:
-  ctxext demo                          # ~9 minutes on 2 CPU cores; results in ./ctxext-demo/
-  ctxext demo --quick --output demo    # ~2 minutes: fewer keys and fine-tune steps
+  ctxext demo                          # ~12 minutes on 2 CPU cores; results in ./ctxext-demo/
+  ctxext demo --quick --output demo    # ~3 minutes: fewer keys and fine-tune steps
   ctxext demo --output demo --overwrite
 
-The embedded model retrieves a passkey inside its 256-token window. The demo shows it failing at
-8x that window, what pi, ntk and yarn patches do without training, and how a short LoRA fine-tune
-of pi and yarn brings retrieval back at 8x. It writes demo.json, report.md, heatmaps, a
-perplexity plot and the fine-tuned checkpoints.
+The embedded model retrieves a passkey and RULER's needles inside its 256-token window. The demo
+shows it failing at 8x that window, what pi, ntk and yarn patches do without training, and how a
+short LoRA fine-tune of pi and yarn brings retrieval back at 8x, with each model's RULER effective
+length. It writes demo.json, report.md, heatmaps, a perplexity plot, ruler/ and the fine-tuned
+checkpoints.
 """
 
 
@@ -21,8 +22,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="the whole loop on the embedded tiny model, offline (minutes on a CPU)",
-        description="Patch, fine-tune and evaluate the embedded tiny model: passkey accuracy and perplexity "
-        "at 1x to 8x its window for the base model, pi/ntk/yarn patches, and pi/yarn + LoRA.",
+        description="Patch, fine-tune and evaluate the embedded tiny model: passkey accuracy, perplexity and "
+        "RULER at 1x to 8x its window for the base model, pi/ntk/yarn patches, and pi/yarn + LoRA.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -34,11 +35,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo.run import demo_table, run_demo
+    from ..demo.run import demo_table, run_demo, ruler_demo_table
     from .options import progress_bars
 
     with progress_bars(not args.quiet):  # transformers' own bars too (loading and writing weights)
         report = run_demo(args.output, quick=args.quick, overwrite=args.overwrite, progress=not args.quiet)
     print("\n" + demo_table(report))
+    print("\n" + ruler_demo_table(report))
     print(f"\nwrote {args.output}/ (demo.json, report.md, plots, models/) in {report['seconds']:.0f} s")
     return 0

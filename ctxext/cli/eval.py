@@ -1,4 +1,4 @@
-"""`ctxext eval passkey|perplexity`: a thin layer over ctxext.evaluation.passkey and ctxext.evaluation.perplexity."""
+"""`ctxext eval passkey|perplexity|ruler`: a thin layer over ctxext.evaluation.passkey, .perplexity and .ruler."""
 
 from __future__ import annotations
 
@@ -32,6 +32,26 @@ tokens; windows of each length start every --stride tokens (default 256; stride 
 disjoint windows) and score only their new tokens. Writes DIR/perplexity.json and DIR/perplexity.png.
 """
 
+RULER_EPILOG = """\
+examples:
+  ctxext eval ruler Qwen/Qwen2.5-0.5B --lengths 4096,8192,16384,32768 --output eval/ruler
+  ctxext eval ruler base/ yarn-x8/ tuned/ --lengths 4096,16384,32768 --tasks niah_single_1,niah_multikey_2,vt \\
+      --samples 50 --output eval/cmp
+  ctxext eval ruler base/ --lengths 8192 --qa-file squad-dev-v2.0.json --qa-file hotpot_dev_distractor_v1.json \\
+      --tasks qa_1,qa_2 --output eval/qa                 # your own SQuAD / HotpotQA files, nothing downloaded
+  ctxext eval ruler base/ --lengths 8192 --haystack my_book.txt --output eval/book   # your own essay haystack
+  ctxext eval ruler base/ --lengths 4096 --output eval/ruler --resume                # continue an interrupted run
+
+tasks (RULER's 13; default: the 11 that need no file, plus qa_1/qa_2 for the --qa-file shapes given):
+{tasks}
+
+A length counts the prompt and the task's generation budget, as RULER does. Scores are RULER's
+string match in percent; the effective length is the longest tested length at which the average
+over tasks, and the average at every shorter length, is at least --threshold (RULER's 85.6).
+Writes DIR/ruler.json (one record per sample; scores per task x length; averages; effective
+lengths), DIR/ruler_heatmap_<model>.png, DIR/ruler_average.png and DIR/report.md.
+"""
+
 
 #: options every evaluation takes, from its own signature: help text here, type and default there
 COMMON = {
@@ -59,6 +79,16 @@ PERPLEXITY = {
                                 parse=positive_int),
     **COMMON,
 }
+RULER = {
+    "tasks": Help("RULER tasks to run, comma-separated (default: see below)", parse=comma_list(str)),
+    "samples": Help("samples per task and length", parse=positive_int),
+    "seed": Help("seed of the prompts", parse=int),
+    "threshold": Help("score (percent) the effective length asks for, RULER's", parse=number),
+    "haystack": Help("a UTF-8 text file of prose for the essay haystack (default: the shipped one)"),
+    "stop_at_newline": Help("end each answer at its first line break (faster; RULER stops at EOS only)"),
+    "generate": Help("decode with model.generate instead of the batched decoder (same answers, slower)"),
+    **COMMON,
+}
 
 
 def _models_and_lengths(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +101,11 @@ def register(subparsers: Any) -> None:
     from ..evaluation.passkey import evaluate_passkey
     from ..evaluation.perplexity import evaluate_perplexity
 
-    parser = subparsers.add_parser("eval", help="passkey retrieval and perplexity vs length",
-                                   description="Evaluate models at long context: passkey retrieval and perplexity vs length.")
+    from ..evaluation.ruler import evaluate_ruler
+    from ..evaluation.ruler.tasks import TASKS
+
+    parser = subparsers.add_parser("eval", help="passkey retrieval, perplexity and RULER vs length",
+                                   description="Evaluate models at long context: passkey retrieval, perplexity and RULER vs length.")
     commands = parser.add_subparsers(title="evaluations", metavar="EVAL", parser_class=type(parser))
     parser.set_defaults(func=lambda args: parser.print_help())
 
@@ -100,6 +133,21 @@ def register(subparsers: Any) -> None:
     perplexity.add_argument("--quiet", action="store_true", help="no progress bar")
     perplexity.set_defaults(func=run_perplexity, options=options)
 
+    listing = "\n".join(f"  {name:<16} {task.description}" for name, task in TASKS.items())
+    ruler = commands.add_parser(
+        "ruler", help="RULER's tasks and the effective context length",
+        description="RULER (Hsieh et al. 2024): needle retrieval, variable tracking, word extraction and QA "
+                    "at each length, offline; scores per task and length and each model's effective length.",
+        epilog=RULER_EPILOG.format(tasks=listing), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _models_and_lengths(ruler)
+    options = signature_options(evaluate_ruler, RULER)
+    add_options(ruler, options)
+    ruler.add_argument("--qa-file", action="append", metavar="FILE", dest="qa_files",
+                       help="a SQuAD- or HotpotQA-shaped JSON file for qa_1 / qa_2 (repeat for both)")
+    ruler.add_argument("--quiet", action="store_true", help="no progress bar")
+    ruler.set_defaults(func=run_ruler, options=options)
+
 
 def run_passkey(args: argparse.Namespace) -> int:
     from ..evaluation.passkey import evaluate_passkey, passkey_table
@@ -120,4 +168,15 @@ def run_perplexity(args: argparse.Namespace) -> int:
                                      progress=not args.quiet, **option_values(args, args.options))
     print(perplexity_table(report))
     print(f"wrote {args.output}/perplexity.json and perplexity.png", file=sys.stderr)
+    return 0
+
+
+def run_ruler(args: argparse.Namespace) -> int:
+    from ..evaluation.ruler import evaluate_ruler, ruler_table
+
+    with progress_bars(not args.quiet):
+        report = evaluate_ruler(args.models, args.lengths, output_dir=args.output, progress=not args.quiet,
+                                qa_files=args.qa_files, **option_values(args, args.options))
+    print(ruler_table(report))
+    print(f"wrote {args.output}/ruler.json, report.md and the ruler_*.png plots", file=sys.stderr)
     return 0

@@ -1,14 +1,16 @@
 """`ctxext demo`: the whole story on the embedded tiny model, offline, in minutes on a CPU.
 
-    ctxext demo                      # about 9 minutes on 2 CPU cores, writes ./ctxext-demo/
-    ctxext demo --quick --output d   # about 2 minutes: fewer samples and fine-tune steps
+    ctxext demo                      # about 12 minutes on 2 CPU cores, writes ./ctxext-demo/
+    ctxext demo --quick --output d   # about 3 minutes: fewer samples and fine-tune steps
 
 The embedded model (ctxext/demo/assets/demo_model, trained by recipes/pretrain_tiny.py) retrieves a
-passkey inside its 256-token window. The demo measures passkey accuracy and perplexity at 1x, 2x,
-4x and 8x that window for the base model; for pi, ntk and yarn patches and the shipped searched
-longrope factors (recipes/search_demo.py), without training; and for pi and yarn after a short LoRA
-fine-tune at 8x. It writes demo.json, the heatmaps and plots, the
-fine-tuned checkpoints and report.md, and prints one table.
+passkey and RULER's needles inside its 256-token window. The demo measures passkey accuracy,
+perplexity and RULER (the needle tasks of synthetic.RULER_TASKS, the ones that fit that window) at
+1x, 2x, 4x and 8x that window for the base model; for pi, ntk and yarn patches and the shipped
+searched longrope factors (recipes/search_demo.py), without training; and for pi and yarn after a
+short LoRA fine-tune at 8x. It writes demo.json, the heatmaps and plots, the fine-tuned
+checkpoints, ruler/ (RULER's own files) and report.md, and prints two tables. A new model row is
+one more (name, model, tokenizer) in `models`.
 """
 
 from __future__ import annotations
@@ -52,12 +54,13 @@ class DemoSettings:
     lora_target: str = "all-linear"
     train_documents: int = 800
     perplexity_documents: int = 4
+    ruler_samples: int = 5  # per RULER task and length
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "DemoSettings":
         return cls(trials=1, depths=(0.0, 0.5, 1.0), finetune_steps=25, train_documents=120,
-                   perplexity_documents=2)
+                   perplexity_documents=2, ruler_samples=1)
 
 
 def run_demo(
@@ -78,6 +81,7 @@ def run_demo(
     from ..evaluation.passkey import evaluate_passkey
     from ..patching.model import patch_model
     from ..evaluation.perplexity import evaluate_perplexity
+    from ..evaluation.ruler import evaluate_ruler
     from ..rope.layout import read_layout
     from ..training.finetune import finetune
 
@@ -85,7 +89,7 @@ def run_demo(
     source = demo_model_path()
     check_output_dir(output_dir, overwrite, sources=[source])  # issue 10: never the embedded model itself
     say = print if progress else (lambda *a, **k: None)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     tokenizer = AutoTokenizer.from_pretrained(source)
     base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     window = read_layout(base.config.to_dict()).window
@@ -125,11 +129,15 @@ def run_demo(
                                               seed=settings.seed + 1)
             perplexity = evaluate_perplexity(models, heldout, lengths, stride=window, output_dir=tmp,
                                              progress=progress)
+            say(f"RULER ({', '.join(synthetic.RULER_TASKS)}) at the same lengths")
+            ruler = evaluate_ruler(models, lengths, tasks=synthetic.RULER_TASKS, samples=settings.ruler_samples,
+                                   seed=settings.seed, output_dir=tmp / "ruler", progress=progress)
 
         ppl = {(r["model"], r["length"]): r["perplexity"] for r in perplexity["results"]}
+        scores = {(r["model"], r["length"]): r["score"] for r in ruler["average"]}
         rows = [
             {"model": r["model"], "length": r["length"], "accuracy": r["accuracy"],
-             "perplexity": ppl.get((r["model"], r["length"]))}
+             "perplexity": ppl.get((r["model"], r["length"])), "ruler": scores.get((r["model"], r["length"]))}
             for r in passkey["summary"]
         ]
         report = {
@@ -137,38 +145,63 @@ def run_demo(
             "factor": FACTOR,
             "lengths": lengths,
             "rows": rows,
+            "ruler": {"tasks": list(synthetic.RULER_TASKS), "threshold": ruler["settings"]["threshold"],
+                      "effective_length": {r["model"]: r["effective_length"] for r in ruler["effective_length"]},
+                      "claimed_window": {r["model"]: r["claimed_window"] for r in ruler["effective_length"]}},
             "finetune": finetunes,
             "longrope": {**params, "search": searched["search"]},
             "settings": asdict(settings),
             "quick": quick,
             "seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(time.process_time() - cpu_started, 1),
         }
         atomic_write_json(tmp / "demo.json", report)
         atomic_write_text(tmp / "report.md", render_report(report, sorted(p.name for p in tmp.glob("*.png"))))
     return report
 
 
+def _table(report: dict[str, Any], cells: list[dict], title: str, markdown: bool,
+           extra: list[tuple[str, dict[str, str]]] = ()) -> str:
+    from ..evaluation.common import format_table
+
+    def column(n: int) -> str:
+        return f"{n:,} ({n // report['original_max_position_embeddings']}x)"
+
+    if not markdown:
+        return title + "\n" + format_table(cells, "cell", str, column=column, extra=extra)
+    lengths = report["lengths"]
+    names = list(dict.fromkeys(r["model"] for r in cells))
+    cell = {(r["model"], r["length"]): r["cell"] for r in cells}
+    head = ["model"] + [column(n) for n in lengths] + [name for name, _ in extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join([name] + [cell.get((name, n), "-") for n in lengths] + [col.get(name, "-") for _, col in extra])
+              + " |" for name in names]
+    return "\n".join(lines)
+
+
 def demo_table(report: dict[str, Any], markdown: bool = False) -> str:
     """One row per model: passkey accuracy and perplexity at each length."""
-    from ..evaluation.common import format_table
 
     def fmt(row: dict) -> str:
         ppl = row.get("perplexity")
         return f"{row['accuracy']:.2f}" + (f" ({ppl:.2f})" if ppl is not None else "")
 
-    def column(n: int) -> str:
-        return f"{n:,} ({n // report['original_max_position_embeddings']}x)"
-
     cells = [{"model": r["model"], "length": r["length"], "cell": fmt(r)} for r in report["rows"]]
-    if not markdown:
-        return "passkey accuracy (perplexity) by prompt length\n" + format_table(cells, "cell", str, column=column)
-    lengths = report["lengths"]
-    names = list(dict.fromkeys(r["model"] for r in cells))
-    cell = {(r["model"], r["length"]): r["cell"] for r in cells}
-    head = ["model"] + [column(n) for n in lengths]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    lines += ["| " + " | ".join([name] + [cell.get((name, n), "-") for n in lengths]) + " |" for name in names]
-    return "\n".join(lines)
+    return _table(report, cells, "passkey accuracy (perplexity) by prompt length", markdown)
+
+
+def ruler_demo_table(report: dict[str, Any], markdown: bool = False) -> str:
+    """One row per model: RULER's average at each length, the effective length and the claimed window."""
+    from ..evaluation.ruler.scoring import describe
+
+    ruler = report["ruler"]
+    cells = [{"model": r["model"], "length": r["length"], "cell": f"{r['ruler']:.1f}"} for r in report["rows"]
+             if r.get("ruler") is not None]
+    effective = {m: describe(n, report["lengths"]) for m, n in ruler["effective_length"].items()}
+    claimed = {m: str(n or "-") for m, n in ruler["claimed_window"].items()}
+    title = f"RULER average (%, {', '.join(ruler['tasks'])}) by length"
+    return _table(report, cells, title, markdown, extra=[(f"effective (>= {ruler['threshold']:g})", effective),
+                                                        ("claimed window", claimed)])
 
 
 def render_report(report: dict[str, Any], pictures: list[str]) -> str:
@@ -189,6 +222,13 @@ synthetic text, at 1x to {factor}x the window.
 
 {demo_table(report, markdown=True)}
 
+RULER: the average score (string match, percent) of {", ".join(f"`{t}`" for t in report["ruler"]["tasks"])}
+({report["settings"]["ruler_samples"]} samples per task and length; a length counts the prompt and
+RULER's 128-token answer budget), and the effective length: the longest length at which it and every
+shorter length's average is at least {report["ruler"]["threshold"]:g}. Per task: [ruler/report.md](ruler/report.md).
+
+{ruler_demo_table(report, markdown=True)}
+
 - `base`: the model as pre-trained; beyond its window it has never seen the positions.
 - `pi`, `ntk`, `yarn`: the same weights with the rotary frequencies rescaled for {factor}x, no training.
 - `longrope`: the same weights with per-frequency factors searched for {factor}x by `ctxext search` (shipped
@@ -202,6 +242,8 @@ synthetic text, at 1x to {factor}x the window.
 ![accuracy vs length](passkey_accuracy.png)
 
 ![perplexity vs length](perplexity.png)
+
+![RULER average vs length](ruler/ruler_average.png)
 
 {heatmaps}
 

@@ -1,10 +1,12 @@
 """Synthetic long documents for the embedded demo model: its tokenizer, its pre-training data, and
 the demo's fine-tuning and perplexity texts. Everything is seeded, so the same seed gives the same text.
 
-A document is the standard passkey prompt with variations: the task sentence (or another intro, or
-none), filler (the standard "The grass is green. ..." lines, varied sentences from templates, or a
-mix), the key line "The pass key is N. Remember it. N is the pass key." (or a shorter form) at a
-random depth, sometimes other key/value lines as distractors, and the question with its answer.
+A passkey document is the standard passkey prompt with variations: the task sentence (or another
+intro, or none), filler (the standard "The grass is green. ..." lines, varied sentences from
+templates, or a mix), the key line "The pass key is N. Remember it. N is the pass key." (or a shorter
+form) at a random depth, sometimes other key/value lines as distractors, and the question with its
+answer. A RULER document is a prompt of one of RULER_TASKS, built by ctxext's own RULER prompt builder
+(with seeds far from any evaluation's), followed by its answer and the end-of-sequence token.
 
     tokenizer = build_tokenizer()
     stream = training_stream(tokenizer, n=100, length=2048, seed=0)   # 100 documents of exactly 2048 tokens
@@ -16,6 +18,8 @@ import random
 from typing import Any, Iterator
 
 from ..evaluation.passkey import FILLER, KEY_LINE, QUESTION, TASK
+from ..evaluation.ruler import haystack as ruler_haystack
+from ..evaluation.ruler.tasks import NEEDLE, TASKS, RulerPromptBuilder, niah_texts
 
 STANDARD = [s.strip() + "." for s in FILLER.split(".") if s.strip()]  # the five standard sentences
 
@@ -47,6 +51,15 @@ INTROS = [
 ]
 OTHER_KEYS = ["door code", "room number", "lucky number", "secret code"]
 
+#: the RULER tasks the demo model learns and `ctxext demo` reports: those whose prompts fit its
+#: 256-token window beside RULER's generation budget (128 tokens for the needle tasks, so a 128-token
+#: prompt at length 256): one needle in noise, one in essay prose, one among other needles
+RULER_TASKS = ("niah_single_1", "niah_single_2", "niah_multikey_2")
+#: training prompts are built with seeds from here on, so they never coincide with an evaluation's
+RULER_TRAIN_SEED = 1_000_000
+#: tokens kept free for a RULER answer (" value." and EOS): 7-digit numbers, or UUIDs
+ANSWER_ROOM = {"numbers": 12, "words": 24, "uuids": 48}
+
 
 def random_sentence(rng: random.Random) -> str:
     name, name2 = rng.sample(NAMES, 2)
@@ -67,10 +80,17 @@ def tokenizer_corpus(seed: int = 0) -> list[str]:
     lines = [random_sentence(rng) for _ in range(20000)] + INTROS * 50 + [FILLER] * 200
     lines += [KEY_LINE.format(key=random_key(rng)) for _ in range(100)] + [QUESTION] * 100
     lines += [f"The {k} is {random_key(rng, 4)}. What is the {k}? The {k} is" for k in OTHER_KEYS * 20]
+    # RULER's needle tasks: their templates, needle lines with random keys and values, the essay haystack
+    for name in RULER_TASKS:
+        spec = TASKS[name]
+        for _ in range(50):
+            key, value = (ruler_haystack.needle_value(kind, rng) for kind in (spec.key, spec.value))
+            lines += [*niah_texts(spec, key), NEEDLE.format(type_v=spec.value, key=key, value=value)]
+    lines += list(ruler_haystack.essay_sentences())
     return lines
 
 
-def build_tokenizer(vocab_size: int = 768, seed: int = 0) -> Any:
+def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Any:
     """A byte-level BPE tokenizer learned from the synthetic corpus, every digit its own token.
 
     Byte-level, so decoding reproduces any text exactly; the BOS token is prepended to every text.
@@ -159,6 +179,39 @@ class DocumentMaker:
             filler.pop()
 
 
+class RulerDocuments:
+    """RULER prompts of the demo's tasks with their answers: (prompt ids, answer ids ending in EOS)."""
+
+    def __init__(self, tokenizer: Any, tasks: tuple[str, ...] = RULER_TASKS, seed: int = 0):
+        self.tokenizer = tokenizer
+        self.tasks = tasks
+        self.seed = RULER_TRAIN_SEED + seed
+        self.builder = RulerPromptBuilder(tokenizer)
+        self.count = 0
+
+    def make(self, rng: random.Random, budget: int) -> tuple[list[int], list[int]]:
+        """One prompt of a random task, at most `budget` tokens with its answer; its length uniform up to the budget."""
+        from ..errors import CtxextError
+
+        task = rng.choice(self.tasks)
+        spec = TASKS[task]
+        room = ANSWER_ROOM[spec.value]
+        low = min(budget - room, 96)  # prompts of every length up to the budget
+        for _ in range(20):
+            tokens = rng.randint(low, budget - room)
+            self.count += 1
+            try:
+                prompt = self.builder.build(task, tokens + spec.max_new_tokens, self.count, self.seed)
+            except CtxextError:  # too short for this task: a longer one
+                low = min(budget - room, low + 16)
+                continue
+            text = " " + ", ".join(prompt.expected) + "."
+            answer = self.builder.piece(text, after=" is") + [self.tokenizer.eos_token_id]
+            if len(prompt.input_ids) + len(answer) <= budget:
+                return list(prompt.input_ids), answer
+        raise ValueError(f"a {budget}-token budget cannot hold a {task} prompt and its answer; use a larger budget.")
+
+
 def heldout_texts(tokenizer: Any, n: int, length: int, seed: int = 1) -> list[str]:
     """`n` documents of at least `length` tokens of mixed filler with answered questions (perplexity data)."""
     maker, texts = DocumentMaker(tokenizer), []
@@ -172,17 +225,33 @@ def heldout_texts(tokenizer: Any, n: int, length: int, seed: int = 1) -> list[st
     return texts
 
 
-def training_stream(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[int]:
+def training_documents(tokenizer: Any, n: int, length: int, seed: int = 0,
+                       ruler: float = 0.5) -> Iterator[tuple[str, list[int], list[int]]]:
+    """The training stream's `n` documents in order, as (kind, prompt ids, answer ids), kind "ruler" or "passkey".
+
+    A fraction `ruler` of them are RULER documents (RulerDocuments, at most `length` tokens with their
+    answer), the rest passkey documents of `length - 1` tokens with their answer.
+    """
+    maker, rng = DocumentMaker(tokenizer), random.Random(seed)
+    tasks = RulerDocuments(tokenizer, seed=seed)
+    for _ in range(n):
+        if rng.random() < ruler:
+            yield ("ruler", *tasks.make(rng, length))
+        else:
+            yield ("passkey", *maker.make(rng, length - 1))
+
+
+def training_stream(tokenizer: Any, n: int, length: int, seed: int = 0, ruler: float = 0.5) -> list[int]:
     """`n` documents as one token stream, each exactly `length` tokens (answered, then EOS-padded).
 
+    A fraction `ruler` of them are RULER documents (RulerDocuments), the rest passkey documents.
     Packed into `length`-token sequences, every sequence is exactly one whole document, so no
     question is cut off from its key (what packing decoded texts would do now and then).
     """
-    maker, rng = DocumentMaker(tokenizer), random.Random(seed)
+    period = DocumentMaker(tokenizer).ids(".")
     stream: list[int] = []
-    for _ in range(n):
-        prompt, answer = maker.make(rng, length - 1)
-        doc = prompt + answer + maker.ids(".")
+    for kind, prompt, answer in training_documents(tokenizer, n, length, seed, ruler):
+        doc = prompt + answer + (period if kind == "passkey" else [])  # a RULER answer ends in EOS already
         stream += doc[:length] + [tokenizer.eos_token_id] * (length - len(doc))
     return stream
 
@@ -201,11 +270,16 @@ def search_texts(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[str
 
 
 def search_needles(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
-    """The first `n` documents of `training_stream(tokenizer, ..., length, seed)` as (prompt ids, answer ids).
+    """The first `n` passkey documents of `training_stream(tokenizer, ..., length, seed)` as (prompt ids, answer ids).
 
     The needle-driven objective of a factor search of the demo model (`recipes/search_demo.py`): the
-    loss on the answer tokens of the very documents the demo fine-tunes on.
+    loss on the answer tokens of the very documents the demo fine-tunes on. Only the passkey ones:
+    they fill the whole length, where the stream's RULER documents are of every length up to it.
     """
-    maker, rng = DocumentMaker(tokenizer), random.Random(seed)
-    return [maker.make(rng, length - 1) for _ in range(n)]  # what training_stream draws, in its order
-
+    needles = []
+    for kind, prompt, answer in training_documents(tokenizer, 4 * n + 16, length, seed):
+        if kind == "passkey":
+            needles.append((prompt, answer))
+            if len(needles) == n:
+                return needles
+    raise ValueError(f"the first {4 * n + 16} training documents hold fewer than {n} passkey documents.")

@@ -225,13 +225,17 @@ def format_table(
     fmt: Callable[[Any], str],
     models: Sequence[str] | None = None,
     column: Callable[[int], str] = str,
+    extra: Sequence[tuple[str, dict[str, str]]] = (),
 ) -> str:
-    """A plain-text table: one row per model, one column per length (headed `column(length)`), `value` formatted by `fmt`."""
+    """A plain-text table: one row per model, one column per length (headed `column(length)`), `value` formatted by `fmt`.
+
+    `extra`: more columns after the lengths, each (header, {model: cell}).
+    """
     models = list(models or dict.fromkeys(r["model"] for r in rows))
     lengths = sorted({r["length"] for r in rows})
     cells = {(r["model"], r["length"]): fmt(r[value]) for r in rows}
-    header = ["model", *(column(n) for n in lengths)]
-    body = [[m, *(cells.get((m, n), "-") for n in lengths)] for m in models]
+    header = ["model", *(column(n) for n in lengths), *(name for name, _ in extra)]
+    body = [[m, *(cells.get((m, n), "-") for n in lengths), *(col.get(m, "-") for _, col in extra)] for m in models]
     widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in (header, *body)]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -34,7 +34,6 @@ prompt and key would compute their frequencies for a different length than decod
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 from dataclasses import dataclass
@@ -43,6 +42,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import CtxextError
 from ..io import one_writer
+from .decoding import DEFAULT_BATCH_TOKENS, GreedyDecoder, common_prefix, position_dependent_rope  # noqa: F401 (re-exported)
+from .tokens import continuation as _continuation, encode as _encode, special_prefix as _special_prefix
 from .common import (
     ModelSpec,
     ResultsFile,
@@ -66,10 +67,6 @@ QUESTION = "What is the pass key? The pass key is"
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_TRIALS = 5
 DEFAULT_DIGITS = 5
-#: samples x tokens that one forward pass may hold (sets the batch size when none is given)
-DEFAULT_BATCH_TOKENS = 16384
-#: the shared prefix is computed in chunks of this many tokens (bounds activation memory)
-PREFILL_CHUNK = 8192
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,28 +108,6 @@ def make_passkey(seed: int, length: int, depth: float, trial: int, digits: int =
     """The key of one sample: a function of (seed, length, depth, trial) alone, so runs can resume."""
     rng = random.Random(f"ctxext-passkey/{seed}/{length}/{float(depth)!r}/{trial}")
     return str(rng.randint(10 ** (digits - 1), 10**digits - 1))
-
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-
-def _continuation(tokenizer: Any, text: str, context: str) -> list[int]:
-    """The tokens of `text` as they appear after `context` (no spurious word-start marker, no merge)."""
-    before = _encode(tokenizer, context)
-    both = _encode(tokenizer, context + text)
-    if both[: len(before)] == before:
-        return both[len(before) :]
-    return _encode(tokenizer, text)  # the boundary merged: fall back to the text on its own
-
-
-def _special_prefix(tokenizer: Any) -> list[int]:
-    """The special tokens the tokenizer puts before a text (BOS, usually), as it does for a real prompt."""
-    plain = _encode(tokenizer, "a")
-    full = list(tokenizer("a", verbose=False)["input_ids"])
-    if plain and full[-len(plain) :] == plain:
-        return full[: len(full) - len(plain)]
-    return []
 
 
 class PromptBuilder:
@@ -236,49 +211,15 @@ def prediction_text(tokenizer: Any, tokens: Sequence[int], eos_ids: Iterable[int
     return tokenizer.decode(kept, skip_special_tokens=True).strip()
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
-    """How many leading tokens a and b share, at most `limit`."""
-    if tuple(a[:limit]) == tuple(b[:limit]):
-        return limit
-    return next(i for i in range(limit) if a[i] != b[i])
-
-
-def position_dependent_rope(model: Any) -> bool:
-    """True when the rotary frequencies depend on the current sequence length (dynamic NTK/YaRN, longrope)."""
-    from ..patching.model import has_dynamic_yarn_hook
-
-    for module in model.modules():
-        if has_dynamic_yarn_hook(module):
-            return True
-        rope_type = getattr(module, "rope_type", None)
-        types = rope_type.values() if isinstance(rope_type, dict) else [rope_type]
-        if any(isinstance(t, str) and ("dynamic" in t or t == "longrope") for t in types):
-            return True
-    return False
-
-
-def _cache_kwarg(model: Any) -> str:
-    """transformers >= 5.24 calls the cache argument `cache`; earlier versions `past_key_values`."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return []
-    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
-
-
 class PasskeyRunner:
     """Greedy outputs at the key's positions for many prompts of one model, sharing the common prefix.
 
         runner = PasskeyRunner(model, tokenizer)
         for batch in runner.run(prompts):        # batches, in (length, depth, trial) order
             for prompt, tokens in batch: ...     # tokens: greedy decoding's len(answer_ids) tokens
+
+    The model calls and the KV-cache handling are the GreedyDecoder's (evaluation/decoding.py); what
+    is the passkey's own is the teacher-forced scoring of the key and the finishing after a miss.
     """
 
     def __init__(
@@ -291,62 +232,23 @@ class PasskeyRunner:
         share_prefix: bool = True,
         generate: bool = False,
     ):
-        import torch
-
-        from .common import model_device
-
+        self.decoder = GreedyDecoder(model, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
-        self.device = model_device(model)
-        self.eos_ids = _eos_ids(model, tokenizer)
-        self.pad_id = next(
-            (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
-        )
-        self._cache_name = _cache_kwarg(model)
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-        dynamic = position_dependent_rope(model)
+        self.device = self.decoder.device
+        self.eos_ids = self.decoder.eos_ids
+        self.pad_id = self.decoder.pad_id
+        dynamic = not self.decoder.share_prefix  # rotary frequencies that depend on the current length
         self.generate = generate or (dynamic and hasattr(model, "generate"))
         self.share_prefix = share_prefix and not dynamic
-        self._torch = torch
-        self.tokens_run = 0  # tokens given to the model so far (the naive loop gives every prompt whole)
+        self._torch = self.decoder._torch
 
-    # -- the model calls -----------------------------------------------------------------------
-
-    def _forward(self, input_ids: Any, cache: Any, keep: Sequence[int] | int | None = None) -> Any:
-        """Logits [batch, positions, vocab] at the positions `keep` (an int: the last ones) of input_ids."""
-        torch = self._torch
-        kwargs = {self._cache_name: cache, "use_cache": True}
-        if keep is not None and self._keeps_logits:
-            kwargs["logits_to_keep"] = keep if isinstance(keep, int) else torch.tensor(list(keep), device=self.device)
-        self.tokens_run += input_ids.numel()
-        logits = self.model(input_ids=input_ids, **kwargs).logits
-        wanted = keep if isinstance(keep, int) else (len(keep) if keep is not None else input_ids.shape[1])
-        if logits.shape[1] != wanted:  # the model ignored logits_to_keep
-            logits = logits[:, -keep:] if isinstance(keep, int) else logits[:, list(keep)]
-        return logits
-
-    def _new_cache(self, layers: Sequence[tuple[Any, Any]] | None = None) -> Any:
-        from .._compat import dynamic_cache
-
-        return dynamic_cache(layers)
-
-    def _prefill(self, ids: Sequence[int]) -> list[tuple[Any, Any]] | None:
-        """The KV cache of `ids` as per-layer (keys, values) [1, heads, len, head_dim]; None if not shareable."""
-        from transformers.cache_utils import DynamicLayer
-
-        torch = self._torch
-        if not ids:
-            return None
-        cache = self._new_cache()
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            chunk = torch.tensor([ids[start : start + PREFILL_CHUNK]], device=self.device)
-            self._forward(chunk, cache, keep=1)
-        layers = getattr(cache, "layers", None)
-        if not layers or any(type(layer) is not DynamicLayer or layer.get_seq_length() != len(ids) for layer in layers):
-            return None  # a cache this runner cannot slice (a hybrid or recurrent model): no sharing
-        return [(layer.keys, layer.values) for layer in layers]
+    @property
+    def tokens_run(self) -> int:
+        """Tokens given to the model so far (the naive loop gives every prompt whole)."""
+        return self.decoder.tokens_run
 
     # -- batches -------------------------------------------------------------------------------
 
@@ -365,21 +267,17 @@ class PasskeyRunner:
 
     def _teacher_forced(self, group: list[PasskeyPrompt], master: list | None, master_ids: Sequence[int]) -> list[list[int]]:
         torch = self._torch
+        decoder = self.decoder
         # shared tokens: the common prefix with the master, leaving at least each prompt's last token to run
-        shared = 0
-        if master is not None:
-            shared = min(len(master_ids), *(len(p.input_ids) - 1 for p in group))
-            for p in group:
-                shared = common_prefix(p.input_ids, master_ids, shared)
+        shared = decoder.shared_length([p.input_ids for p in group], master_ids) if master is not None else 0
         rests = [list(p.input_ids[shared:]) + list(p.answer_ids[:-1]) for p in group]
         width = max(len(r) for r in rests)
         ids = torch.tensor([r + [self.pad_id] * (width - len(r)) for r in rests], device=self.device)  # [B, R]
         # right padding needs no attention mask: causal attention never looks at later (pad) positions
-        layers = [(k[:, :, :shared].expand(len(group), -1, -1, -1), v[:, :, :shared].expand(len(group), -1, -1, -1)) for k, v in master] if shared else None
-        cache = self._new_cache(layers)
+        cache = decoder.shared_cache(master, shared, len(group)) if shared else decoder.new_cache()
         first = [len(p.input_ids) - 1 - shared for p in group]  # rest position predicting answer[0]
         keep = sorted({first[i] + j for i, p in enumerate(group) for j in range(len(p.answer_ids))})
-        logits = self._forward(ids, cache, keep)  # [B, len(keep), V]
+        logits = decoder.forward(ids, cache, keep)  # [B, len(keep), V]
         index = {pos: n for n, pos in enumerate(keep)}
         greedy, misses = [], []
         for i, p in enumerate(group):
@@ -404,11 +302,10 @@ class PasskeyRunner:
         start = min(misses[i] for i in rows)
         longest = max(len(group[i].answer_ids) for i in rows)
         end = group[0].tokens + start  # the cache keeps the prompt and the answer tokens before `start`
-        select = torch.tensor(rows, device=self.device)
-        own = self._new_cache([(layer.keys[select, :, :end], layer.values[select, :, :end]) for layer in cache.layers])
+        own = self.decoder.select(cache, rows, end)
         for position in range(start, longest - 1):
             fed = [greedy[i][position] if position < len(greedy[i]) else self.pad_id for i in rows]
-            logits = self._forward(torch.tensor(fed, device=self.device)[:, None], own, keep=1)  # [R, 1, V]
+            logits = self.decoder.forward(torch.tensor(fed, device=self.device)[:, None], own, keep=1)  # [R, 1, V]
             following = logits[:, -1].argmax(dim=-1).tolist()
             for r, i in enumerate(rows):
                 if misses[i] <= position < len(greedy[i]) - 1:  # decoded: past this row's miss
@@ -440,7 +337,7 @@ class PasskeyRunner:
             master, master_ids = None, ()
             if self.share_prefix and not self.generate:
                 master_ids = max((p.input_ids[: p.key_start] for p in prompts), key=len)
-                master = self._prefill(master_ids)
+                master = self.decoder.prefill(master_ids)
             for group in self._batches(prompts):
                 tokens = self._generated(group) if self.generate else self._teacher_forced(group, master, master_ids)
                 yield list(zip(group, tokens))

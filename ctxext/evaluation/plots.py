@@ -3,6 +3,8 @@
     passkey_heatmap(results, "base", "eval/passkey_heatmap_base.png")   # length x depth, annotated
     accuracy_vs_length(summary, "eval/passkey_accuracy.png")            # one line per model
     perplexity_vs_length(results, "eval/perplexity.png")                # log scale, one line per model
+    ruler_heatmap(summary, averages, "base", "eval/ruler_heatmap_base.png")   # task x length, annotated
+    ruler_average_vs_length(averages, {"base": 4096}, 85.6, "eval/ruler_average.png")
 
 Figures are built as `matplotlib.figure.Figure` objects rather than through pyplot, so a notebook's
 backend is left alone; each file is written to a temporary name and renamed into place.
@@ -97,4 +99,61 @@ def perplexity_vs_length(results: Sequence[dict], path: str | os.PathLike) -> Pa
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("perplexity vs length", fontsize=10)
+    return _save(fig, path)
+
+
+def ruler_heatmap(summary: Sequence[dict], averages: Sequence[dict], model: str, path: str | os.PathLike) -> Path:
+    """RULER scores of one model per task (rows, the average last) and length (columns), cells annotated."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    rows = [s for s in summary if s["model"] == model]
+    tasks = list(dict.fromkeys(s["task"] for s in rows))
+    lengths = sorted({s["length"] for s in rows})
+    scores = np.full((len(tasks) + 1, len(lengths)), np.nan)  # [task + average, length]
+    for s in rows:
+        scores[tasks.index(s["task"]), lengths.index(s["length"])] = s["score"]
+    for a in averages:
+        if a["model"] == model and a["length"] in lengths:
+            scores[-1, lengths.index(a["length"])] = a["score"]
+
+    fig = Figure(figsize=(1.1 * len(lengths) + 3.2, 0.45 * (len(tasks) + 1) + 1.8))
+    ax = fig.add_subplot()
+    image = ax.imshow(scores, cmap="RdYlGn", vmin=0.0, vmax=100.0, aspect="auto")
+    for i in range(scores.shape[0]):
+        for j in range(scores.shape[1]):
+            if not np.isnan(scores[i, j]):
+                value = scores[i, j]
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=9,
+                        fontweight="bold" if i == len(tasks) else "normal",
+                        color="white" if value < 20 or value > 85 else "black")
+    ax.axhline(len(tasks) - 0.5, color="black", linewidth=1.5)
+    ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+    ax.set_yticks(range(len(tasks) + 1), [*tasks, "average"])
+    ax.set_xlabel("length (tokens)")
+    ax.set_title(f"RULER: {model}", fontsize=10)
+    fig.colorbar(image, ax=ax, label="score (%)", fraction=0.05)
+    return _save(fig, path)
+
+
+def ruler_average_vs_length(averages: Sequence[dict], effective: dict[str, int | None], threshold: float,
+                            path: str | os.PathLike) -> Path:
+    """RULER's average against length, one line per model, the threshold dashed and each effective length starred."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot()
+    _line_per_model(ax, averages, "score")
+    colors = {line.get_label(): line.get_color() for line in ax.get_lines()}
+    ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    for model, length in effective.items():
+        score = next((a["score"] for a in averages if a["model"] == model and a["length"] == length), None)
+        if score is not None:
+            ax.plot([length], [score], marker="*", markersize=15, color=colors.get(model, "black"),
+                    markeredgecolor="black", linestyle="none")
+    ax.set_ylim(-3, 103)
+    ax.set_ylabel("RULER average (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("RULER average vs length (star: effective length)", fontsize=10)
     return _save(fig, path)

@@ -76,9 +76,40 @@ def test_perplexity_command(tmp_path, checkpoint, book, capsys):
     assert stdout.splitlines()[0].split() == ["model", "64", "256"]
 
 
+def test_ruler_command_writes_results_plots_report_and_a_table(tmp_path, checkpoint, capsys):
+    out = tmp_path / "ruler"
+    common = ["eval", "ruler", str(checkpoint), "--lengths", "700,600", "--tasks", "niah_single_1,fwe", "--samples", "2",
+              "--output", str(out)]
+    code, stdout, stderr = run(capsys, *common, "--quiet")
+    assert code == 0, stderr
+    data = json.loads((out / "ruler.json").read_text())
+    assert [(s["task"], s["length"]) for s in data["summary"]] == [("niah_single_1", 600), ("niah_single_1", 700), ("fwe", 600), ("fwe", 700)]
+    assert len(data["results"]) == 2 * 2 * 2 and all(r["tokens"] + r["max_new_tokens"] == r["length"] for r in data["results"])
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # not the output marker
+    assert names[:3] == ["report.md", "ruler.json", "ruler_average.png"] and len(names) == 4
+    assert names[3].startswith("ruler_heatmap_") and names[3].endswith("_base.png")
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["model", "600", "700", "effective@85.6", "claimed"] and len(lines) == 3
+    assert lines[2].split()[0] == str(checkpoint).rstrip("/") and lines[2].split()[-1] == "256"
+    code, _, stderr = run(capsys, *common)
+    assert code == 2 and "--resume" in stderr
+    code, _, _ = run(capsys, *common, "--resume", "--quiet")
+    assert code == 0 and json.loads((out / "ruler.json").read_text())["results"] == data["results"]
+    with pytest.raises(SystemExit):
+        main(["eval", "ruler", "--help"])
+    helped = capsys.readouterr().out
+    assert "niah_multikey_2" in helped and "examples:" in helped and "--qa-file" in helped
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["ruler", "{model}", "--lengths", "512", "--tasks", "needle"], "Unknown RULER task 'needle'"),
+        (["ruler", "{model}", "--lengths", "150"], "Length 150 is too short for RULER's niah_single_1"),
+        (["ruler", "{model}", "--lengths", "512", "--qa-file", "{book}"], "is not a QA file"),
+        (["ruler", "{model}", "--lengths", "512", "--tasks", "qa_2"], "HotpotQA-shaped file; pass one with --qa-file"),
+        (["ruler", "{model}", "--lengths", "512", "--haystack", "{tmp}/none.txt"], "Haystack file"),
+        (["ruler", "{model}", "--lengths", "512", "--samples", "0"], "--samples: expected a number greater than 0"),
         (["passkey", "{model}", "--lengths", "0"], "--lengths: expected a number greater than 0, got 0"),
         (["passkey", "{model}", "--lengths", "1k"], "--lengths: expected a whole number, got '1k'"),
         (["passkey", "{model}", "--lengths", "512", "--depths", "0.5,1.5"], "Depths must be numbers from 0"),

@@ -14,7 +14,7 @@ from ctxext.demo.synthetic import search_needles
 from ctxext.errors import CtxextError
 from ctxext.search.evaluator import FrequencyEvaluator
 from ctxext.search.objectives import given_needles
-from ctxext.search.space import Candidate, method_seeds
+from ctxext.search.space import Bounds, Candidate, clip, method_seeds
 
 
 def test_the_shipped_factors_fit_the_model_and_the_constraint():
@@ -39,7 +39,10 @@ def test_factors_searched_for_other_weights_are_refused(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_shipped_numbers_are_what_the_factors_and_seeds_score_on_the_training_documents():
-    """Recomputed here: the needle perplexity of the shipped factors and of each seed on the search's documents."""
+    """Recomputed here: the needle perplexity of the shipped factors and of each seed on the search's documents.
+
+    A seed is scored as the search scored it: moved into the search's bounds (the guard's attention factors).
+    """
     torch.set_num_threads(1)
     data = searched.searched_factors()
     source = demo_model_path()
@@ -48,5 +51,7 @@ def test_the_shipped_numbers_are_what_the_factors_and_seeds_score_on_the_trainin
     docs = given_needles(search_needles(tokenizer, searched.SEARCH["samples"], 2048, seed=0))
     best = Candidate(tuple(data["long_factor"]), data["attention_factor"])
     assert math.exp(evaluator.loss(best, docs)) == pytest.approx(data["search"]["perplexity"], rel=1e-5)
+    guard, settings = data["search"]["guard"], data["search"]["settings"]
+    bounds = Bounds(evaluator.n, settings["max_long_factor"], guard["attention_low"], guard["attention_high"])
     for seed in method_seeds(evaluator.dim, evaluator.rope_theta, 8.0, 256):
-        assert math.exp(evaluator.loss(seed.candidate, docs)) == pytest.approx(data["search"]["seeds"][seed.method], rel=1e-5)
+        assert math.exp(evaluator.loss(clip(seed.candidate, bounds), docs)) == pytest.approx(data["search"]["seeds"][seed.method], rel=1e-5)

@@ -47,3 +47,37 @@ def test_texts_are_seeded():
 def test_the_standard_prompt_builds_exactly_with_this_tokenizer():
     prompts = build_prompts(TOKENIZER, [256, 2048], depths=[0, 0.5, 1], trials=2)
     assert [len(p.input_ids) for p in prompts] == [256] * 6 + [2048] * 6
+
+
+def test_ruler_documents_fit_their_budget_and_end_with_the_answer_and_eos():
+    from ctxext.demo.synthetic import RULER_TASKS, RulerDocuments
+    from ctxext.evaluation.ruler import build_ruler_prompts
+
+    docs, rng = RulerDocuments(TOKENIZER), random.Random(0)
+    evaluated = {p.input_ids for t in RULER_TASKS for p in build_ruler_prompts(t, TOKENIZER, 256, samples=20, seed=0)}
+    for budget in (256, 2048):
+        for _ in range(6):
+            prompt, answer = docs.make(rng, budget)
+            assert len(prompt) + len(answer) <= budget and answer[-1] == TOKENIZER.eos_token_id
+            value = TOKENIZER.decode(answer[:-1]).strip(" .")
+            text = TOKENIZER.decode(prompt)
+            assert f"is: {value}." in text and text.endswith("mentioned in the provided text is")
+            assert tuple(prompt) not in evaluated  # training seeds are not an evaluation's
+    # half of the fine-tuning stream's documents are RULER prompts
+    stream = training_stream(TOKENIZER, 10, 512, seed=3)
+    texts = [TOKENIZER.decode(stream[i : i + 512]) for i in range(0, len(stream), 512)]
+    assert 2 <= sum("special magic" in t for t in texts) <= 8
+
+
+def test_search_needles_are_the_training_streams_passkey_documents():
+    """What a factor search of the demo model reads is what the demo fine-tunes on, not look-alikes."""
+    from ctxext.demo.synthetic import search_needles
+
+    length, period = 512, DocumentMaker(TOKENIZER).ids(".")
+    stream = training_stream(TOKENIZER, 12, length, seed=0)
+    docs = [stream[i : i + length] for i in range(0, len(stream), length)]
+    needles = search_needles(TOKENIZER, 3, length, seed=0)
+    passkey = [d for d in docs if "special magic" not in TOKENIZER.decode(d)]
+    assert len(needles) == 3 and len(passkey) >= 3
+    for (prompt, answer), doc in zip(needles, passkey):
+        assert prompt + answer + period == doc[: len(prompt) + len(answer) + len(period)]
