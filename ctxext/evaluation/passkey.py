@@ -243,7 +243,9 @@ class PasskeyRunner:
         dynamic = not self.decoder.share_prefix  # rotary frequencies that depend on the current length
         self.generate = generate or (dynamic and hasattr(model, "generate"))
         self.share_prefix = share_prefix and not dynamic
-        self._torch = self.decoder._torch
+        import torch
+
+        self._torch = torch
 
     @property
     def tokens_run(self) -> int:
