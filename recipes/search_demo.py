@@ -1,6 +1,6 @@
 """Search the embedded demo model's longrope factors for 8x its window, and ship them with the package.
 
-    python recipes/search_demo.py                      # ~7 minutes on 2 shared cores
+    python recipes/search_demo.py                      # ~4 minutes on 2 shared cores
     python recipes/search_demo.py --generations 20     # a longer search
 
 `ctxext demo` shows a `longrope` row (searched factors, no training) next to pi, ntk and yarn. A search
