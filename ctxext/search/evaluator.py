@@ -24,7 +24,7 @@ from ..errors import CtxextError
 from ..patching.model import _prefix, _rotary_modules
 from ..rope.functions import longrope
 from ..rope.layout import RopeLayout, read_layout
-from ..training.loss import IGNORE_INDEX, LogitTransform, chunked_cross_entropy
+from ..lm_head import IGNORE_INDEX, chunked_head_loss, decoder_hidden, default_chunk_size, own_head
 from .objectives import ScoredSequence
 from .space import Candidate
 
@@ -81,7 +81,6 @@ class FrequencyEvaluator:
                 self.buffers.append(_Buffer(target.module, prefix, theta, buffer.detach().clone(), scaling))
         if not self.buffers:
             raise CtxextError(f"Model {self.layout.model_type!r} has no rotary embedding module ctxext can search.")
-        self.transform = LogitTransform.from_config(config)
         self.device = self.buffers[0].inv_freq.device
 
     @property
@@ -125,8 +124,8 @@ class FrequencyEvaluator:
 
     def nll(self, sequences: Sequence[ScoredSequence]) -> tuple[float, int]:
         """(sum of -log p over the scored tokens, how many) under the frequencies currently set."""
-        decoder = self.model.get_decoder()
-        head = self.model.get_output_embeddings()
+        head = own_head(self.model)  # the model's own final-logit code (a scale, multiplier or softcap included)
+        chunk_size = default_chunk_size(self.model.get_output_embeddings().weight.shape[0])
         pad = getattr(self.model.config, "pad_token_id", None) or 0
         total, count = 0.0, 0
         with torch.inference_mode():
@@ -140,11 +139,10 @@ class FrequencyEvaluator:
                     labels[row, scored - 1] = ids[row, scored]
                 ids, labels = ids.to(self.device), labels.to(self.device)
                 # right padding needs no mask: causal attention never looks at later (pad) positions
-                hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state  # [B, T, H]
+                hidden = decoder_hidden(self.model, input_ids=ids, use_cache=False)  # [B, T, H]
                 keep = labels != IGNORE_INDEX  # [B, T]
                 n = int(keep.sum())
-                loss = chunked_cross_entropy(hidden[keep], head.weight, labels[keep], bias=head.bias,
-                                             transform=self.transform)  # mean over the n scored tokens
+                loss = chunked_head_loss(hidden[keep], head, labels[keep], chunk_size=chunk_size)  # mean over n
                 total += float(loss) * n
                 count += n
         return total, count

@@ -84,6 +84,23 @@ def test_losses_are_the_stock_models_own_and_batching_does_not_change_them():
     assert one_at_a_time.loss(yarn, needles) == pytest.approx(evaluator.loss(yarn, needles), rel=1e-6)
 
 
+def test_losses_go_through_the_models_own_head():
+    """Regression: the loss re-implemented the head's transform from config names (HyperCLOVA X's
+    logits_scaling, which stock multiplies by, was divided by); it now runs the model's own head."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tiny import SMALL
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("hyperclovax", **SMALL, logits_scaling=4.0)).eval()
+    docs = [token_ids(120, seed=s)[0].tolist() for s in range(2)]
+    with torch.inference_mode():
+        stock = [float(model(torch.tensor([d]), labels=torch.tensor([d])).loss) for d in docs]
+    evaluator = FrequencyEvaluator(model)
+    expected = sum(stock) / len(stock)  # equal lengths: the mean of the means
+    assert evaluator.loss(None, [ScoredSequence.all_tokens(d) for d in docs]) == pytest.approx(expected, rel=1e-5)
+
+
 def test_the_attention_factor_scales_cos_and_sin_as_yarn_does():
     """ntk-by-parts and yarn share frequencies; yarn's attention factor is the only difference."""
     model = tiny_model("llama")
