@@ -21,6 +21,8 @@ from .loading import file_problem, is_hub_id
 
 TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TEXT_FIELDS = ("text", "content", "document", "body")
+#: the columns of prompt/completion data (TRL's names), read for training only
+PAIR_FIELDS = ("prompt", "completion")
 #: suffixes that name a local file, never a hub dataset
 FILE_SUFFIXES = (*TEXT_SUFFIXES, ".csv", ".tsv", ".gz", ".zst", ".arrow", ".md")
 
@@ -81,8 +83,13 @@ def _local_files(path: Path, text: str) -> list[Path]:
     return files
 
 
-def load_texts(source: str | os.PathLike, split: str = "train", text_field: str | None = None) -> Any:
-    """A Dataset with a single `text` column; CtxextError for a missing, empty or text-less source."""
+def load_texts(source: str | os.PathLike, split: str = "train", text_field: str | None = None,
+               pairs: bool = False) -> Any:
+    """A Dataset with a single `text` column; CtxextError for a missing, empty or text-less source.
+
+    pairs: a source with `prompt` and `completion` columns (and no `text_field` named) gives a Dataset
+    of those two columns instead (what training with `prompt_loss_weight` reads).
+    """
     import datasets
 
     text = os.fspath(source)
@@ -114,6 +121,8 @@ def load_texts(source: str | os.PathLike, split: str = "train", text_field: str 
             dataset = datasets.load_dataset(text, split=split)
         except Exception as err:
             raise CtxextError(f"Could not load dataset {text!r} (split {split!r}): {first_line(err)}.") from None
+    if pairs and text_field is None and all(f in dataset.column_names for f in PAIR_FIELDS):
+        return prompt_completion_pairs(dataset, repr(text))
     field = text_field or next((f for f in TEXT_FIELDS if f in dataset.column_names), None)
     if field is None or field not in dataset.column_names:
         raise CtxextError(
@@ -134,4 +143,22 @@ def load_texts(source: str | os.PathLike, split: str = "train", text_field: str 
         dataset = dataset.filter(lambda row: isinstance(row["text"], str) and bool(row["text"].strip()))
     if len(dataset) == 0:
         raise CtxextError(f"Dataset {text!r} is empty: it has no non-blank documents.")
+    return dataset
+
+
+def prompt_completion_pairs(dataset: Any, described: str) -> Any:
+    """The `prompt` and `completion` columns of `dataset`, checked to hold text; rows without a completion dropped."""
+    for field in PAIR_FIELDS:
+        kind = getattr(dataset.features[field], "dtype", None)
+        if kind not in ("string", "large_string"):
+            raise CtxextError(
+                f"Column {field!r} of dataset {described} holds {kind or type(dataset.features[field]).__name__} "
+                "values, not text; prompt/completion data needs text in both columns."
+            )
+    dataset = dataset.select_columns(list(PAIR_FIELDS))
+    with _quiet_datasets():
+        dataset = dataset.filter(lambda row: isinstance(row["prompt"], str) and isinstance(row["completion"], str)
+                                 and bool(row["completion"].strip()))
+    if len(dataset) == 0:
+        raise CtxextError(f"Dataset {described} is empty: it has no rows with a non-blank completion.")
     return dataset

@@ -247,13 +247,17 @@ def own_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return head
 
 
-def _chunk(head, hidden, labels, params, need_hidden):
-    """(summed loss, grad wrt this chunk's hidden states or None, grads wrt params) for one chunk."""
-    # hidden [n, H], labels [n]
+def _chunk(head, hidden, labels, params, need_hidden, weights=None):
+    """(summed (weighted) loss, grad wrt this chunk's hidden states or None, grads wrt params) for one chunk."""
+    # hidden [n, H], labels [n], weights [n] or None
     with torch.enable_grad():
         h = hidden.detach().requires_grad_(need_hidden)
         logits = head(h)  # [n, V], in the model's own code and dtype
-        loss = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        if weights is None:
+            loss = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        else:  # ignored targets have loss 0 under reduction="none"
+            per_token = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+            loss = (per_token * weights).sum()
         inputs = ([h] if need_hidden else []) + list(params)
         if not inputs or not loss.requires_grad:
             return loss.detach(), None, [None] * len(params)
@@ -269,18 +273,18 @@ class _ChunkedLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, labels, head, chunk_size: int, *params):
-        # hidden [N, H], labels [N]
+    def forward(ctx, hidden, labels, head, chunk_size: int, weights, *params):
+        # hidden [N, H], labels [N], weights [N] float32 or None
         need_hidden = ctx.needs_input_grad[0]
-        tracked = [i for i, p in enumerate(params) if ctx.needs_input_grad[4 + i]]
-        count = (labels != IGNORE_INDEX).sum().clamp(min=1).to(torch.float32)
+        tracked = [i for i, p in enumerate(params) if ctx.needs_input_grad[5 + i]]
+        count = _count(labels, weights)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_params = [torch.zeros(params[i].shape, dtype=torch.float32, device=params[i].device) for i in tracked]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             piece = slice(start, start + chunk_size)
             loss, g_hidden, g_params = _chunk(head, hidden[piece], labels[piece], [params[i] for i in tracked],
-                                              need_hidden)
+                                              need_hidden, _piece(weights, start, chunk_size))
             total += loss
             if need_hidden:
                 grad_hidden[piece] = g_hidden if g_hidden is not None else 0
@@ -306,7 +310,7 @@ class _ChunkedLoss(torch.autograd.Function):
         grads = [None] * ctx.n_params
         for i, g, dtype in zip(ctx.tracked, saved, ctx.param_dtypes):
             grads[i] = (g * grad_output).to(dtype)
-        return (grad_hidden, None, None, None, *grads)
+        return (grad_hidden, None, None, None, None, *grads)
 
 
 def chunked_head_loss(
@@ -315,24 +319,40 @@ def chunked_head_loss(
     labels: torch.Tensor,
     params: list[torch.Tensor] = (),
     chunk_size: int = 256,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of `head(hidden)` against `labels` (IGNORE_INDEX skipped), `chunk_size` tokens at a time.
 
     hidden [..., H], labels [...] (aligned: labels[t] follows t). `params` are the tensors `head` reads
     that may need gradients (the LM head's weight, its LoRA adapters...); unused ones get none.
+    `weights` [...] (same shape as labels, >= 0): the weighted mean sum(w * loss) / sum(w) instead.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     hidden2d = hidden.reshape(-1, hidden.shape[-1])  # [N, H]
     labels1d = labels.reshape(-1)  # [N]
+    weights1d = None if weights is None else weights.reshape(-1).to(torch.float32)  # [N]
+    if weights1d is not None and weights1d.shape != labels1d.shape:
+        raise ValueError(f"weights must have the labels' shape {tuple(labels.shape)}, got {tuple(weights.shape)}")
     params = [p for p in params if p is not None]
     tracked = [t for t in (hidden2d, *params) if t.requires_grad]
     if not (torch.is_grad_enabled() and tracked):  # evaluation: the loss alone, no gradients computed
-        count = (labels1d != IGNORE_INDEX).sum().clamp(min=1).to(torch.float32)
-        total = sum(_chunk(head, hidden2d[s : s + chunk_size], labels1d[s : s + chunk_size], [], False)[0]
+        total = sum(_chunk(head, hidden2d[s : s + chunk_size], labels1d[s : s + chunk_size], [], False,
+                           _piece(weights1d, s, chunk_size))[0]
                     for s in range(0, hidden2d.shape[0], chunk_size))
-        return total / count
-    return _ChunkedLoss.apply(hidden2d, labels1d, head, chunk_size, *params)
+        return total / _count(labels1d, weights1d)
+    return _ChunkedLoss.apply(hidden2d, labels1d, head, chunk_size, weights1d, *params)
+
+
+def _piece(weights: torch.Tensor | None, start: int, size: int) -> torch.Tensor | None:
+    return None if weights is None else weights[start : start + size]
+
+
+def _count(labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean's denominator: the number of targets, or the sum of their weights (never 0)."""
+    if weights is None:
+        return (labels != IGNORE_INDEX).sum().clamp(min=1).to(torch.float32)
+    return (weights * (labels != IGNORE_INDEX)).sum().clamp(min=torch.finfo(torch.float32).tiny)
 
 
 def shifted_labels(input_ids: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,11 @@ examples:
       --max-steps 400 --learning-rate 2e-5 --warmup-steps 20 --gradient-accumulation-steps 8 \\
       --output llama2-7b-yarn-x16
 
+  # long-context question answering: a .jsonl of {"prompt": ..., "completion": ...} records, the
+  # loss on the answers (prompt tokens weighted 0.01, OpenAI's prompt_loss_weight)
+  ctxext train Qwen/Qwen2.5-0.5B --method yarn --factor 4 --dataset long_qa.jsonl --prompt-loss-weight 0.01 \\
+      --output qwen25-yarn-x4-qa
+
   # a searched longrope checkpoint (ctxext search), fine-tuned with its own factors, not re-patched
   ctxext train llama2-longrope-x8 --method keep --dataset pg19.jsonl --output llama2-longrope-x8-lora
 

@@ -39,7 +39,7 @@ from ..rope.methods import METHOD_PARAMETERS, resolve
 from ..rope.plan import RopePatch, plan_patch
 from .loop import seeded, train_loop
 from .model import check_model, empty_model, fsdp_plugin, load_for_training, read_config, trainable_module, training_dtype
-from .packing import SampleStream, check_tokens, describe_dataset, read_dataset, tokenize
+from .packing import SampleStream, check_tokens, describe_dataset, has_completions, read_dataset, tokenize
 from .recipe import RECIPE_FIELDS, Recipe, build_recipe, learning_rate_at  # noqa: F401  (learning_rate_at: public name)
 from .resume import (  # noqa: F401  (checkpoint_dir: public name)
     checkpoint_dir,
@@ -155,6 +155,12 @@ def finetune(
     with accelerator.main_process_first():  # data too short for one sequence is not cached
         tokens = tokenize(data, tokenizer, cache_dir, min_tokens=length)
     check_tokens(tokens, length, config, tokenizer, described)
+    if recipe.prompt_loss_weight != 1 and not has_completions(tokens):
+        raise CtxextError(
+            f"prompt_loss_weight is {recipe.prompt_loss_weight:g}, but dataset {described} marks no completions; "
+            "give `prompt` and `completion` columns (or pre-tokenized `input_ids` with a `completion_mask`), "
+            "or leave prompt_loss_weight at 1."
+        )
     run = _run_record(source, patch, replace, described, len(tokens), accelerator.num_processes, recipe)
 
     start = resume_point(run_dir, run, resume, say)

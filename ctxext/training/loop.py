@@ -83,7 +83,7 @@ def train_loop(
         for _ in range(recipe.gradient_accumulation_steps):
             batch = next(batches)
             with accelerator.accumulate(module):
-                loss = module(batch["input_ids"], batch.get("position_ids"))
+                loss = module(batch["input_ids"], batch.get("position_ids"), batch.get("completion_mask"))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and recipe.max_grad_norm:
                     accelerator.clip_grad_norm_(module.parameters(), recipe.max_grad_norm)

@@ -23,7 +23,7 @@ from torch import nn
 from .._compat import lora_config_accepts, no_split_modules
 from ..errors import CtxextError, first_line
 from ..rope.plan import RopePatch
-from .loss import causal_lm_loss
+from .loss import causal_lm_loss, token_weights
 from .recipe import Recipe
 
 
@@ -118,7 +118,7 @@ def trainable_module(model: Any, patch: RopePatch, recipe: Recipe) -> "LossModul
     from ..patching.model import apply_patch
 
     apply_patch(model, patch)
-    return LossModule(with_lora(model, recipe), recipe.loss_chunk_size)
+    return LossModule(with_lora(model, recipe), recipe.loss_chunk_size, recipe.prompt_loss_weight)
 
 
 def attention_projections(model: Any) -> list[str]:
@@ -184,16 +184,21 @@ class LossModule(nn.Module):
     """What accelerate wraps (DDP, FSDP): the LoRA model and the chunked loss, so that the forward
     pass, and with it gradient synchronisation, goes through the wrapper."""
 
-    def __init__(self, peft_model: Any, chunk_size: int | None):
+    def __init__(self, peft_model: Any, chunk_size: int | None, prompt_loss_weight: float = 1.0):
         super().__init__()
         self.peft_model = peft_model
         self.chunk_size = chunk_size
+        self.prompt_loss_weight = prompt_loss_weight
         # FSDP's transformer auto-wrap policy reads the layer classes from the wrapped module
         self._no_split_modules = no_split_modules(peft_model.get_base_model())
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        # input_ids [B, T], position_ids [B, T] or None -> mean next-token loss
-        return causal_lm_loss(self.peft_model.get_base_model(), input_ids, position_ids, self.chunk_size)
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                completion_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # input_ids [B, T], position_ids [B, T] or None, completion_mask [B, T] or None -> mean next-token loss
+        weights = None
+        if completion_mask is not None and self.prompt_loss_weight != 1:
+            weights = token_weights(completion_mask, self.prompt_loss_weight)
+        return causal_lm_loss(self.peft_model.get_base_model(), input_ids, position_ids, self.chunk_size, weights)
 
 
 def assign_state(module: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -4,6 +4,10 @@
     samples = SampleStream(tokens, length=4096, total=800, seed=0)    # item k: the k-th training sample
     samples = SampleStream(tokens, length=512, total=800, seed=0, pose_target=4096)   # PoSE
 
+Prompt/completion data (`prompt` and `completion` text columns, or pre-tokenized `input_ids` with a
+`completion_mask`, TRL's names) gives a stream of MASKED records instead: each token's id and whether
+it belongs to a completion, which `prompt_loss_weight` reads; samples then carry `completion_mask`.
+
 The token stream is written once per (dataset, tokenizer) to `$CTXEXT_CACHE` (default
 `~/.cache/ctxext`) and memory-mapped afterwards, so a second run, a resumed run and every other
 process of a multi-GPU run read the same ids without tokenizing again.
@@ -19,7 +23,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +33,8 @@ from ..errors import CtxextError
 
 CACHE_ENV = "CTXEXT_CACHE"
 _FORMAT = 1  # bump when the stream layout changes, so stale caches are not reused
+#: a token of prompt/completion data: its id, and 1 where it belongs to a completion (or its EOS)
+MASKED = np.dtype([("input_ids", "<u4"), ("completion_mask", "u1")])
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -58,6 +64,8 @@ def token_stream(
     Each document is tokenized with the tokenizer's own special tokens (a BOS where it adds one),
     then EOS is appended unless the tokenizer already put it there. A stream shorter than
     `min_tokens` is returned from memory and never cached, so data too short to use leaves no file.
+    With `prompt` and `completion` columns, a document is the prompt (with the special tokens) then
+    the completion (without) and EOS, as MASKED records marking the completion and its EOS.
     """
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -67,17 +75,16 @@ def token_stream(
     key = hashlib.sha256(
         json.dumps({"format": _FORMAT, "data": data, "tokenizer": tokenizer_fingerprint(tokenizer)}).encode()
     ).hexdigest()[:20]
-    path = cache_root(cache_dir) / "tokens" / f"{key}.u32"
+    pairs = "text" not in texts.column_names
+    dtype = MASKED if pairs else np.dtype(np.uint32)
+    path = cache_root(cache_dir) / "tokens" / f"{key}.{'masked' if pairs else 'u32'}"
     if not path.exists():
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         held: list[np.ndarray] | None = []  # ids kept in memory until min_tokens are reached (then: the file)
         count, out = 0, None
         try:
             for batch in texts.iter(batch_size=batch_size):
-                for ids in tokenizer(batch["text"])["input_ids"]:
-                    if not ids or ids[-1] != eos:
-                        ids = [*ids, eos]
-                    chunk = np.asarray(ids, dtype=np.uint32)
+                for chunk in _documents(batch, tokenizer, eos, pairs):
                     count += len(chunk)
                     if held is not None:
                         held.append(chunk)
@@ -91,7 +98,7 @@ def token_stream(
                     else:
                         out.write(chunk.tobytes())
             if held is not None:  # shorter than min_tokens: nothing written anywhere
-                return np.concatenate(held) if held else np.zeros(0, dtype=np.uint32)
+                return np.concatenate(held) if held else np.zeros(0, dtype=dtype)
             out.close()
             os.replace(tmp, path)  # readers see a whole stream or none
         finally:
@@ -99,34 +106,95 @@ def token_stream(
                 out.close()
             tmp.unlink(missing_ok=True)
     if path.stat().st_size == 0:
-        return np.zeros(0, dtype=np.uint32)
-    return np.memmap(path, dtype=np.uint32, mode="r")
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _documents(batch: dict, tokenizer: Any, eos: int, pairs: bool) -> Iterator[np.ndarray]:
+    """One batch of rows as token arrays ending in EOS: uint32 ids, or MASKED records for prompt/completion rows."""
+    if not pairs:
+        for ids in tokenizer(batch["text"])["input_ids"]:
+            yield np.asarray(ids if ids and ids[-1] == eos else [*ids, eos], dtype=np.uint32)
+        return
+    prompts = tokenizer(batch["prompt"])["input_ids"]
+    completions = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
+    for prompt, completion in zip(prompts, completions):
+        if not completion or completion[-1] != eos:
+            completion = [*completion, eos]
+        chunk = np.zeros(len(prompt) + len(completion), dtype=MASKED)
+        chunk["input_ids"] = [*prompt, *completion]
+        chunk["completion_mask"][len(prompt):] = 1
+        yield chunk
+
+
+def input_ids(tokens: np.ndarray) -> np.ndarray:
+    """The token ids of a stream, MASKED or not."""
+    return tokens["input_ids"] if tokens.dtype == MASKED else tokens
+
+
+def has_completions(tokens: np.ndarray) -> bool:
+    """Whether a stream marks completions (prompt/completion data)."""
+    return tokens.dtype == MASKED
 
 
 def read_dataset(dataset: Any, split: str = "train", text_field: str | None = None) -> Any:
     """Documents or token ids to train on, checked before anything is tokenized or loaded.
 
-    A file / folder / hub name is read with `ctxext.data.load_texts`; a `datasets.Dataset` must have
-    a `text` column; a 1-D sequence of ints (list, numpy array, tensor) is one pre-tokenized stream.
+    A file / folder / hub name is read with `ctxext.data.load_texts` (prompt/completion columns kept);
+    a `datasets.Dataset` must have a `text` column, `prompt` and `completion` columns, or pre-tokenized
+    `input_ids` (optionally with a `completion_mask` of 0/1 per token; rows joined as they are, no EOS
+    added); a 1-D sequence of ints (list, numpy array, tensor) is one pre-tokenized stream.
     """
     if isinstance(dataset, (str, os.PathLike)):
         from ..data import load_texts
 
-        return load_texts(dataset, split=split, text_field=text_field)
+        return load_texts(dataset, split=split, text_field=text_field, pairs=True)
     if hasattr(dataset, "column_names"):
-        if "text" not in dataset.column_names:
-            raise CtxextError(
-                f"The dataset has no `text` column (columns: {', '.join(dataset.column_names)}); rename it to `text`."
-            )
+        from ..data import PAIR_FIELDS, prompt_completion_pairs
+
         if len(dataset) == 0:
             raise CtxextError("The dataset is empty: it has no documents.")
-        return dataset
+        if "text" in dataset.column_names:
+            return dataset
+        if all(f in dataset.column_names for f in PAIR_FIELDS):
+            return prompt_completion_pairs(dataset, "given")
+        if "input_ids" in dataset.column_names:
+            return _pretokenized(dataset)
+        raise CtxextError(
+            f"The dataset has no `text` column (columns: {', '.join(dataset.column_names)}); rename it to `text`, "
+            "or give `prompt` and `completion` columns, or pre-tokenized `input_ids`."
+        )
     ids = np.asarray(dataset.cpu() if isinstance(dataset, torch.Tensor) else dataset)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids.size and ids.min() < 0):
         raise CtxextError(
             "Token data must be a 1-D sequence of non-negative integer ids; give a text file or dataset otherwise."
         )
     return ids
+
+
+def _pretokenized(dataset: Any) -> np.ndarray:
+    """A Dataset's `input_ids` rows (and `completion_mask` rows, if it has them) joined into one stream."""
+    masked = "completion_mask" in dataset.column_names
+    pieces, i = [], 0
+    for batch in dataset.iter(batch_size=256):
+        for ids, mask in zip(batch["input_ids"], batch["completion_mask"] if masked else batch["input_ids"]):
+            ids = np.asarray(ids)
+            if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)) or (ids.size and ids.min() < 0):
+                raise CtxextError(f"Row {i} of the dataset's input_ids is not a list of non-negative integer token ids.")
+            if masked:
+                mask = np.asarray(mask)
+                if mask.shape != ids.shape or not np.isin(mask, (0, 1)).all():
+                    raise CtxextError(
+                        f"Row {i} of the dataset's completion_mask is not one 0 or 1 per token of its input_ids "
+                        f"({mask.size} values for {ids.size} tokens)."
+                    )
+                piece = np.zeros(ids.size, dtype=MASKED)
+                piece["input_ids"], piece["completion_mask"] = ids, mask
+            else:
+                piece = ids.astype(np.uint32)
+            pieces.append(piece)
+            i += 1
+    return np.concatenate(pieces)
 
 
 def tokenize(data: Any, tokenizer: Any, cache_dir: str | os.PathLike | None = None, min_tokens: int = 0) -> np.ndarray:
@@ -151,8 +219,8 @@ def check_tokens(tokens: np.ndarray, length: int, config: dict, tokenizer: Any, 
             f"The tokenizer has {len(tokenizer):,} tokens but the model's vocabulary only {vocab_size:,}; "
             "use the model's own tokenizer."
         )
-    if vocab_size and tokenizer is None and int(tokens.max()) >= vocab_size:
-        raise CtxextError(f"Token id {int(tokens.max())} is outside the model's vocabulary of {vocab_size:,}.")
+    if vocab_size and tokenizer is None and int(input_ids(tokens).max()) >= vocab_size:
+        raise CtxextError(f"Token id {int(input_ids(tokens).max())} is outside the model's vocabulary of {vocab_size:,}.")
 
 
 def describe_dataset(dataset: Any) -> str:
@@ -185,7 +253,8 @@ def pose_position_ids(length: int, target: int, generator: torch.Generator, chun
 
 class SampleStream(torch.utils.data.Dataset):
     """Item k is the k-th training sample: `input_ids` [length], `sequence` (which packed sequence),
-    and with `pose_target` the PoSE `position_ids` [length], drawn from a generator seeded by (seed, k).
+    with `pose_target` the PoSE `position_ids` [length], drawn from a generator seeded by (seed, k),
+    and for a MASKED stream the `completion_mask` [length] (bool).
 
     Packed sequence i is tokens[i * length : (i + 1) * length]; the tail shorter than `length` is
     dropped. `total` samples cycle through seeded permutations of the sequences, one per epoch.
@@ -224,8 +293,10 @@ class SampleStream(torch.utils.data.Dataset):
         if not 0 <= k < self.total:
             raise IndexError(k)
         index = self.sequence_index(k)
-        window = np.asarray(self.tokens[index * self.length : (index + 1) * self.length], dtype=np.int64)
-        item = {"input_ids": torch.from_numpy(window), "sequence": index}
+        window = np.asarray(self.tokens[index * self.length : (index + 1) * self.length])
+        item = {"input_ids": torch.from_numpy(input_ids(window).astype(np.int64)), "sequence": index}
+        if has_completions(window):
+            item["completion_mask"] = torch.from_numpy(window["completion_mask"].astype(bool))
         if self.pose_target is not None:
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0]))
             item["position_ids"] = pose_position_ids(self.length, self.pose_target, generator, self.pose_chunks)

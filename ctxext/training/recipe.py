@@ -60,6 +60,9 @@ class Recipe:
         None, "PoSE sequence length (default: the original window)", DATA, minimum=2, tokens=True)
     split: str = option("train", "dataset split for hub datasets", DATA)
     text_field: str | None = option(None, "column holding the text (default: text, content, document or body)", DATA)
+    prompt_loss_weight: float = option(
+        1.0, "loss weight of prompt tokens, completion tokens weighing 1 (prompt/completion data; 0: completions only)",
+        DATA, minimum=0)
     # -- optimisation
     max_steps: int = option(400, "optimizer steps", OPTIMISATION, minimum=1)
     learning_rate: float = option(2e-5, "peak learning rate", OPTIMISATION, above=0)
