@@ -148,6 +148,12 @@ def finetune(
     described = describe_dataset(dataset)
     with accelerator.main_process_first():  # the main process downloads and tokenizes; the others read caches
         data = read_dataset(dataset, split=recipe.split, text_field=recipe.text_field)
+    if recipe.prompt_loss_weight != 1 and not has_completions(data):  # before anything is tokenized or cached
+        raise CtxextError(
+            f"prompt_loss_weight is {recipe.prompt_loss_weight:g}, but dataset {described} marks no completions; "
+            "give `prompt` and `completion` columns (or pre-tokenized `input_ids` with a `completion_mask`), "
+            "or leave prompt_loss_weight at 1."
+        )
     if tokenizer is None and isinstance(model, (str, os.PathLike)):
         from ..loading import load_tokenizer
 
@@ -155,12 +161,6 @@ def finetune(
     with accelerator.main_process_first():  # data too short for one sequence is not cached
         tokens = tokenize(data, tokenizer, cache_dir, min_tokens=length)
     check_tokens(tokens, length, config, tokenizer, described)
-    if recipe.prompt_loss_weight != 1 and not has_completions(tokens):
-        raise CtxextError(
-            f"prompt_loss_weight is {recipe.prompt_loss_weight:g}, but dataset {described} marks no completions; "
-            "give `prompt` and `completion` columns (or pre-tokenized `input_ids` with a `completion_mask`), "
-            "or leave prompt_loss_weight at 1."
-        )
     run = _run_record(source, patch, replace, described, len(tokens), accelerator.num_processes, recipe)
 
     start = resume_point(run_dir, run, resume, say)

@@ -132,9 +132,11 @@ def input_ids(tokens: np.ndarray) -> np.ndarray:
     return tokens["input_ids"] if tokens.dtype == MASKED else tokens
 
 
-def has_completions(tokens: np.ndarray) -> bool:
-    """Whether a stream marks completions (prompt/completion data)."""
-    return tokens.dtype == MASKED
+def has_completions(data: Any) -> bool:
+    """Whether a token stream, or what `read_dataset` returned, marks completions (prompt/completion data)."""
+    if isinstance(data, np.ndarray):
+        return data.dtype == MASKED
+    return "text" not in data.column_names  # read_dataset's Datasets: text, or prompt and completion
 
 
 def read_dataset(dataset: Any, split: str = "train", text_field: str | None = None) -> Any:

@@ -55,6 +55,9 @@ CASES = {
     "pose window too long": (["--pose", "--pose-window", "256"], "{work}/text.txt", "is not shorter than seq_len (256)"),
     "parameter of another method": (["--method", "pi", "--beta-fast", "8"], "{work}/text.txt", "Unknown parameter(s) beta_fast for method 'pi'"),
     "missing model": (["MODEL={work}/nothing"], "{work}/text.txt", "not found: no such directory"),
+    "prompt weight without completions": (["--prompt-loss-weight", "0.01"], "{work}/text.txt",
+                                          "prompt_loss_weight is 0.01, but dataset {work}/text.txt marks no completions"),
+    "negative prompt weight": (["--prompt-loss-weight", "-1"], "{work}/qa.jsonl", "prompt_loss_weight is out of range: got -1.0; it must be a finite number at least 0"),
 }
 
 
@@ -64,6 +67,7 @@ def test_bad_input_is_one_sentence_exit_2_and_leaves_nothing(case, work, model_d
     (work / "blank.txt").write_text("  \n\n")
     (work / "short.txt").write_text("too short")
     (work / "text.txt").write_text("some text to train on. " * 40)
+    (work / "qa.jsonl").write_text(json.dumps({"prompt": "some text. " * 30, "completion": " an answer"}) + "\n")
     (work / "existing").mkdir()
     (work / "crashed.checkpoints").mkdir()
     before = files(work)
@@ -111,3 +115,17 @@ def test_help_has_worked_examples(capsys):
         cli.main(["train", "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "accelerate launch" in text and "--resume" in text
+
+
+def test_a_prompt_completion_run_weighs_the_prompt_as_told(work, model_dir, capsys, monkeypatch):
+    monkeypatch.undo()
+    monkeypatch.setenv("CTXEXT_CACHE", str(work.parent / "cache"))
+    rows = [{"prompt": f"note {i}: " + "filler text. " * 8, "completion": f" answer {i}."} for i in range(12)]
+    (work / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    argv = ["train", str(model_dir), "--method", "yarn", "--factor", "2", "--dataset", str(work / "qa.jsonl"),
+            "--output", str(work / "out"), "--seq-len", "64", "--max-steps", "2", "--prompt-loss-weight", "0",
+            "--save-every", "0", "--no-progress"]  # fmt: skip
+    code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    card = (work / "out" / "README.md").read_text()
+    assert "prompt tokens weighted 0, completion tokens 1" in card
