@@ -9,8 +9,8 @@ ctxext/demo/assets/demo_longrope.json with the search that found them and a fing
 weights (the demo refuses factors searched for other weights: rerun this after retraining the model
 with recipes/pretrain_tiny.py).
 
-The search (ctxext.demo.searched.search_demo_factors) reads only the demo's training documents, the
-first documents of `synthetic.training_stream` (seed 0), which are passkey documents: the default
+The search (ctxext.demo.searched.search_demo_factors) reads only training documents, the first
+documents of `synthetic.training_stream` (seed 0) at the 8x length, which are passkey documents: the default
 objective is LongRoPE2's needle-driven perplexity, the loss on their answers. The demo measures on
 held-out texts (`synthetic.heldout_texts`, seed 1) and passkey prompts the search never sees. The
 search's own output (a config-only longrope checkpoint of the demo model, search_log.jsonl,

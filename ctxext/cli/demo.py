@@ -6,15 +6,15 @@ import argparse
 
 EXAMPLES = """\
 examples:
-  ctxext demo                          # ~12 minutes on 2 CPU cores; results in ./ctxext-demo/
-  ctxext demo --quick --output demo    # ~3 minutes: fewer keys and fine-tune steps
+  ctxext demo                          # ~7 minutes on 2 CPU cores; results in ./ctxext-demo/
+  ctxext demo --quick --output demo    # ~2 minutes: fewer keys and fine-tune steps
   ctxext demo --output demo --overwrite
 
 The embedded model retrieves a passkey and RULER's needles inside its 256-token window. The demo
 shows it failing at 8x that window, what pi, ntk and yarn patches do without training, and how a
-short LoRA fine-tune of pi and yarn brings retrieval back at 8x, with each model's RULER effective
-length. It writes demo.json, report.md, heatmaps, a perplexity plot, ruler/ and the fine-tuned
-checkpoints.
+short LoRA fine-tune of pi and yarn (on documents of up to 4x, the answers weighted) brings
+retrieval back, with each model's RULER effective length. It writes demo.json, report.md,
+heatmaps, a perplexity plot, ruler/ and the fine-tuned checkpoints.
 """
 
 

@@ -1,14 +1,15 @@
 """`ctxext demo`: the whole story on the embedded tiny model, offline, in minutes on a CPU.
 
-    ctxext demo                      # about 12 minutes on 2 CPU cores, writes ./ctxext-demo/
-    ctxext demo --quick --output d   # about 3 minutes: fewer samples and fine-tune steps
+    ctxext demo                      # about 7 minutes on 2 CPU cores, writes ./ctxext-demo/
+    ctxext demo --quick --output d   # under 2 minutes: fewer samples and fine-tune steps
 
 The embedded model (ctxext/demo/assets/demo_model, trained by recipes/pretrain_tiny.py) retrieves a
 passkey and RULER's needles inside its 256-token window. The demo measures passkey accuracy,
-perplexity and RULER (the needle tasks of synthetic.RULER_TASKS, the ones that fit that window) at
-1x, 2x, 4x and 8x that window for the base model; for pi, ntk and yarn patches and the shipped
-searched longrope factors (recipes/search_demo.py), without training; and for pi and yarn after a
-short LoRA fine-tune at 8x. It writes demo.json, the heatmaps and plots, the fine-tuned
+perplexity and RULER (synthetic.RULER_DEMO_TASKS: the single-needle tasks) at 1x, 2x, 4x and 8x
+that window for the base model; for pi, ntk and yarn patches and the shipped searched longrope
+factors (recipes/search_demo.py), without training; and for pi and yarn patched for 8x after a short
+LoRA fine-tune on passkey and RULER documents of up to 4x, the answers' tokens weighted above the
+rest (`prompt_loss_weight`). It writes demo.json, the heatmaps and plots, the fine-tuned
 checkpoints, ruler/ (RULER's own files) and report.md, and prints two tables. A new model row is
 one more (name, model, tokenizer) in `models`.
 """
@@ -46,20 +47,24 @@ class DemoSettings:
 
     trials: int = 4  # keys per (length, depth)
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    finetune_steps: int = 150
-    batch_size: int = 4
+    finetune_steps: int = 250
+    batch_size: int = 8
     learning_rate: float = 1e-3
+    schedule: str = "cosine"
     lora_r: int = 16
     lora_alpha: float = 32.0
     lora_target: str = "all-linear"
-    train_documents: int = 800
+    train_length: int = 4  # fine-tune sequences, in original windows (RULER documents are of every length up to it)
+    train_documents: int = 2000
+    ruler_fraction: float = 0.75  # of the training documents; the rest are passkey documents
+    prompt_loss_weight: float = 0.001  # of the documents' other tokens, the answers weighing 1
     perplexity_documents: int = 4
-    ruler_samples: int = 5  # per RULER task and length
+    ruler_samples: int = 10  # per RULER task and length
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(trials=1, depths=(0.0, 0.5, 1.0), finetune_steps=25, train_documents=120,
+        return cls(trials=1, depths=(0.0, 0.5, 1.0), finetune_steps=60, train_documents=500,
                    perplexity_documents=2, ruler_samples=1)
 
 
@@ -103,18 +108,24 @@ def run_demo(
         params = {k: searched[k] for k in ("long_factor", "short_factor", "attention_factor")}
         models.append(("longrope", patch_model(copy.deepcopy(base), "longrope", FACTOR, **params), tokenizer))
         finetunes = {}
-        stream = synthetic.training_stream(tokenizer, settings.train_documents, window * FACTOR, seed=settings.seed)
+        train_length = window * settings.train_length
+        documents = synthetic.training_dataset(tokenizer, settings.train_documents, train_length, seed=settings.seed,
+                                               ruler=settings.ruler_fraction)
         for method in TUNED:
-            say(f"fine-tuning {method} x{FACTOR} with LoRA: {settings.finetune_steps} steps at {window * FACTOR} tokens")
+            say(f"fine-tuning {method} x{FACTOR} with LoRA: {settings.finetune_steps} steps of {settings.batch_size} "
+                f"sequences of {train_length} tokens")
             began = time.perf_counter()
             result = finetune(
-                copy.deepcopy(base), method, FACTOR, stream, tmp / "models" / f"{method}+lora", tokenizer=tokenizer,
+                copy.deepcopy(base), method, FACTOR, documents, tmp / "models" / f"{method}+lora", tokenizer=tokenizer,
                 max_steps=settings.finetune_steps, learning_rate=settings.learning_rate, warmup_steps=10,
-                batch_size=settings.batch_size, lora_r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                lora_target=settings.lora_target, save_every=0, seed=settings.seed, progress=progress,
+                schedule=settings.schedule, batch_size=settings.batch_size, seq_len=train_length,
+                prompt_loss_weight=settings.prompt_loss_weight, lora_r=settings.lora_r, lora_alpha=settings.lora_alpha,
+                lora_target=settings.lora_target, gradient_checkpointing=False, save_every=0, seed=settings.seed,
+                progress=progress,
             )
             finetunes[f"{method}+lora"] = {
-                "method": method, "steps": settings.finetune_steps, "seconds": round(time.perf_counter() - began, 1),
+                "method": method, "steps": settings.finetune_steps, "seq_len": train_length,
+                "seconds": round(time.perf_counter() - began, 1),
                 "first_loss": result.first_loss, "final_loss": result.final_loss,
             }
             models.append((f"{method}+lora", result.model, tokenizer))
@@ -129,8 +140,8 @@ def run_demo(
                                               seed=settings.seed + 1)
             perplexity = evaluate_perplexity(models, heldout, lengths, stride=window, output_dir=tmp,
                                              progress=progress)
-            say(f"RULER ({', '.join(synthetic.RULER_TASKS)}) at the same lengths")
-            ruler = evaluate_ruler(models, lengths, tasks=synthetic.RULER_TASKS, samples=settings.ruler_samples,
+            say(f"RULER ({', '.join(synthetic.RULER_DEMO_TASKS)}) at the same lengths")
+            ruler = evaluate_ruler(models, lengths, tasks=synthetic.RULER_DEMO_TASKS, samples=settings.ruler_samples,
                                    seed=settings.seed, output_dir=tmp / "ruler", progress=progress)
 
         ppl = {(r["model"], r["length"]): r["perplexity"] for r in perplexity["results"]}
@@ -145,7 +156,7 @@ def run_demo(
             "factor": FACTOR,
             "lengths": lengths,
             "rows": rows,
-            "ruler": {"tasks": list(synthetic.RULER_TASKS), "threshold": ruler["settings"]["threshold"],
+            "ruler": {"tasks": list(synthetic.RULER_DEMO_TASKS), "threshold": ruler["settings"]["threshold"],
                       "effective_length": {r["model"]: r["effective_length"] for r in ruler["effective_length"]},
                       "claimed_window": {r["model"]: r["claimed_window"] for r in ruler["effective_length"]}},
             "finetune": finetunes,
@@ -206,7 +217,7 @@ def ruler_demo_table(report: dict[str, Any], markdown: bool = False) -> str:
 
 def render_report(report: dict[str, Any], pictures: list[str]) -> str:
     """report.md: what was run, the table, the pictures, and how to read them."""
-    window, factor = report["original_max_position_embeddings"], report["factor"]
+    window, factor, settings = report["original_max_position_embeddings"], report["factor"], report["settings"]
     tuned = "\n".join(
         f"  - `{name}`: {info['steps']} LoRA steps in {info['seconds']:.0f} s, loss {info['first_loss']:.3f} -> "
         f"{info['final_loss']:.3f} (checkpoint in `models/{name}/`)"
@@ -236,7 +247,10 @@ shorter length's average is at least {report["ruler"]["threshold"]:g}. Per task:
   only), no training. Inside the original window it keeps the original frequencies (short_factor 1); past
   it stock transformers switches to the searched ones, mid-generation when a prompt fills the window
   exactly (the 1x passkey column), which breaks the cached keys' rotations.
-- `pi+lora`, `yarn+lora`: the patched models after a short LoRA fine-tune at {window * factor} tokens:
+- `pi+lora`, `yarn+lora`: the patched models after a short LoRA fine-tune on {window * settings["train_length"]}-token
+  sequences of passkey and RULER documents (the answers' tokens weighted 1, the rest
+  {settings["prompt_loss_weight"]:g}: `prompt_loss_weight`); beyond {window * settings["train_length"]} tokens
+  is extrapolation:
 {tuned}
 
 ![accuracy vs length](passkey_accuracy.png)

@@ -51,10 +51,15 @@ INTROS = [
 ]
 OTHER_KEYS = ["door code", "room number", "lucky number", "secret code"]
 
-#: the RULER tasks the demo model learns and `ctxext demo` reports: those whose prompts fit its
-#: 256-token window beside RULER's generation budget (128 tokens for the needle tasks, so a 128-token
-#: prompt at length 256): one needle in noise, one in essay prose, one among other needles
+#: the RULER tasks the demo model learns: those whose prompts fit its 256-token window beside RULER's
+#: generation budget (128 tokens for the needle tasks, so a 128-token prompt at length 256): one
+#: needle in noise, one in essay prose, one among other needles
 RULER_TASKS = ("niah_single_1", "niah_single_2", "niah_multikey_2")
+#: the ones `ctxext demo` averages for the effective length: RULER_TASKS but niah_multikey_2, whose
+#: haystack is made of needles, so its distractors grow with the length (5 keys at 256 tokens, 37 at
+#: 1,024) and it measures how many keys a 4-layer model tells apart, not the positions it reads; the
+#: demo model was pre-trained with at most about 10, and no fine-tune ctxext tried taught it 16
+RULER_DEMO_TASKS = ("niah_single_1", "niah_single_2")
 #: training prompts are built with seeds from here on, so they never coincide with an evaluation's
 RULER_TRAIN_SEED = 1_000_000
 #: tokens kept free for a RULER answer (" value." and EOS): 7-digit numbers, or UUIDs
@@ -241,6 +246,18 @@ def training_documents(tokenizer: Any, n: int, length: int, seed: int = 0,
             yield ("passkey", *maker.make(rng, length - 1))
 
 
+def padded_document(kind: str, prompt: list[int], answer: list[int], length: int, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """One training document as exactly `length` (ids, completion mask): answered, then EOS-padded.
+
+    The completion is the answer (and the period after a passkey answer; a RULER answer ends in EOS).
+    """
+    completion = answer + (DocumentMaker(tokenizer).ids(".") if kind == "passkey" else [])
+    ids = (prompt + completion)[:length]
+    mask = ([0] * len(prompt) + [1] * len(completion))[:length]
+    pad = length - len(ids)
+    return ids + [tokenizer.eos_token_id] * pad, mask + [0] * pad
+
+
 def training_stream(tokenizer: Any, n: int, length: int, seed: int = 0, ruler: float = 0.5) -> list[int]:
     """`n` documents as one token stream, each exactly `length` tokens (answered, then EOS-padded).
 
@@ -248,20 +265,30 @@ def training_stream(tokenizer: Any, n: int, length: int, seed: int = 0, ruler: f
     Packed into `length`-token sequences, every sequence is exactly one whole document, so no
     question is cut off from its key (what packing decoded texts would do now and then).
     """
-    period = DocumentMaker(tokenizer).ids(".")
     stream: list[int] = []
-    for kind, prompt, answer in training_documents(tokenizer, n, length, seed, ruler):
-        doc = prompt + answer + (period if kind == "passkey" else [])  # a RULER answer ends in EOS already
-        stream += doc[:length] + [tokenizer.eos_token_id] * (length - len(doc))
+    for document in training_documents(tokenizer, n, length, seed, ruler):
+        stream += padded_document(*document, length, tokenizer)[0]
     return stream
+
+
+def training_dataset(tokenizer: Any, n: int, length: int, seed: int = 0, ruler: float = 0.5) -> Any:
+    """training_stream's documents as a `datasets.Dataset` of `input_ids` and `completion_mask` rows.
+
+    What the demo fine-tunes on: `finetune` joins the rows as they are (each exactly one `length`-token
+    training sequence) and, with a `prompt_loss_weight`, weighs the answers' tokens above the rest.
+    """
+    import datasets
+
+    rows = [padded_document(*document, length, tokenizer) for document in training_documents(tokenizer, n, length, seed, ruler)]
+    return datasets.Dataset.from_dict({"input_ids": [r[0] for r in rows], "completion_mask": [r[1] for r in rows]})
 
 
 def search_texts(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[str]:
     """`n` texts of at least `length` tokens made of the training stream's documents, two per text.
 
     What a factor search of the demo model reads (`recipes/search_demo.py`): the first 2n documents
-    of `training_stream(tokenizer, ..., length, seed)`, the data the demo fine-tunes on, never the
-    held-out texts it measures with.
+    of `training_stream(tokenizer, ..., length, seed)`, made like the data the demo fine-tunes on
+    (`training_documents`), never the held-out texts it measures with.
     """
     stream = training_stream(tokenizer, 2 * n, length, seed)
     docs = [stream[i * length : (i + 1) * length] for i in range(2 * n)]
@@ -273,7 +300,8 @@ def search_needles(tokenizer: Any, n: int, length: int, seed: int = 0) -> list[t
     """The first `n` passkey documents of `training_stream(tokenizer, ..., length, seed)` as (prompt ids, answer ids).
 
     The needle-driven objective of a factor search of the demo model (`recipes/search_demo.py`): the
-    loss on the answer tokens of the very documents the demo fine-tunes on. Only the passkey ones:
+    loss on the answer tokens of training documents at the full 8x length, made like the ones the demo
+    fine-tunes on (those are at most 4x long). Only the passkey ones:
     they fill the whole length, where the stream's RULER documents are of every length up to it.
     """
     needles = []

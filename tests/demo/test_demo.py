@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ctxext.cli import main
 from ctxext.demo.run import demo_model_path
 from ctxext.demo.searched import searched_factors
-from ctxext.demo.synthetic import RULER_TASKS
+from ctxext.demo.synthetic import RULER_DEMO_TASKS, RULER_TASKS
 from ctxext.evaluation.common import LengthBeyondWindowWarning
 from ctxext.evaluation.passkey import evaluate_passkey
 from ctxext.evaluation.ruler import evaluate_ruler
@@ -48,9 +48,9 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     assert [(r["model"], r["length"]) for r in report["rows"]] == [(n, L) for n in names for L in (256, 512, 1024, 2048)]
     for row in report["rows"]:
         assert 0 <= row["accuracy"] <= 1 and row["perplexity"] > 1 and 0 <= row["ruler"] <= 100
-    assert report["ruler"]["tasks"] == list(RULER_TASKS) and set(report["ruler"]["effective_length"]) == set(names)
+    assert report["ruler"]["tasks"] == list(RULER_DEMO_TASKS) and set(report["ruler"]["effective_length"]) == set(names)
     assert report["ruler"]["claimed_window"]["base"] == 256 and report["ruler"]["claimed_window"]["yarn"] == 2048
-    # what README's "What the demo shows" claims, at quick settings (3 keys per cell, 25 fine-tune steps)
+    # what README's "What the demo shows" claims, at quick settings (3 keys per cell, 60 fine-tune steps)
     acc = {(r["model"], r["length"]): r["accuracy"] for r in report["rows"]}
     ppl = {(r["model"], r["length"]): r["perplexity"] for r in report["rows"]}
     assert acc["base", 256] == 1.0 and acc["base", 2048] == 0.0  # every key inside its window, none at 8x
@@ -59,13 +59,17 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     assert acc["longrope", 256] == 0.0 and acc["longrope", 2048] > acc["yarn", 2048]  # the switch at 1x; beats yarn at 8x
     assert all(ppl["longrope", n] < ppl["yarn", n] for n in (256, 512, 1024, 2048))
     assert all(acc["pi", n] == 0.0 for n in (256, 512, 1024, 2048)) and ppl["pi", 256] > 3 * ppl["base", 256]  # wrecked
-    assert ppl["pi+lora", 2048] < ppl["pi", 2048] / 3 and acc["pi+lora", 2048] == 0.0  # perplexity repaired, retrieval not
+    assert all(ppl["pi+lora", n] < ppl["pi", n] for n in (256, 512, 1024, 2048))  # the fine-tune repairs some of it
     assert acc["yarn+lora", 2048] > acc["base", 2048] and acc["yarn+lora", 2048] >= acc["yarn", 2048]
     assert ppl["yarn+lora", 2048] < min(ppl["base", 2048], ppl["pi+lora", 2048])
-    # RULER: the base model's effective length is its window; passkey is passed where RULER's needles are not
+    # RULER: the base model's effective length is its window, the fine-tuned yarn model's at least 4x it
     ruler = {(r["model"], r["length"]): r["ruler"] for r in report["rows"]}
-    assert ruler["base", 256] == 100.0 and report["ruler"]["effective_length"]["base"] == 256
-    assert ruler["yarn+lora", 2048] < 100 * acc["yarn+lora", 2048]
+    effective = report["ruler"]["effective_length"]
+    assert ruler["base", 256] == 100.0 and effective["base"] == 256
+    assert effective["yarn+lora"] is not None and effective["yarn+lora"] >= 4 * effective["base"], effective
+    assert all(ruler["yarn+lora", n] >= ruler["pi+lora", n] and acc["yarn+lora", n] >= acc["pi+lora", n]
+               for n in (256, 512, 1024, 2048))  # yarn+lora at least pi+lora everywhere, after the same steps
+    assert ruler["yarn+lora", 2048] < 100 * acc["yarn+lora", 2048]  # past the 1,024-token fine-tune RULER breaks first
     for name in names:
         assert name in printed
     assert report["longrope"]["long_factor"] == searched_factors()["long_factor"]
@@ -74,7 +78,7 @@ def test_quick_demo_writes_everything(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "| yarn+lora |" in md and "![accuracy vs length](passkey_accuracy.png)" in md
     assert "![RULER average vs length](ruler/ruler_average.png)" in md and "RULER average" in printed
-    assert json.loads((out / "ruler" / "ruler.json").read_text())["settings"]["tasks"] == list(RULER_TASKS)
+    assert json.loads((out / "ruler" / "ruler.json").read_text())["settings"]["tasks"] == list(RULER_DEMO_TASKS)
     assert (out / "ruler" / "ruler_heatmap_yarn_lora.png").exists() and (out / "ruler" / "report.md").exists()
     assert (out / "models" / "yarn+lora" / "config.json").exists()
     # an existing output is refused, untouched
