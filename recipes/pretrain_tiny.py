@@ -15,8 +15,9 @@ is the cross-entropy on the answer's tokens plus 0.1 x the language-model loss o
 perplexity means something too). Seeded: the same seed gives the same tokenizer, data order and weights.
 
 It retrieves the key and the needles inside its window and, like any RoPE model, fails beyond it;
-`ctxext demo` shows patching plus a short LoRA fine-tune bringing it back at 8x. The checks at the end
-run ctxext's own passkey and RULER evaluations.
+`ctxext demo` shows patching plus a short LoRA fine-tune bringing it back (yarn+lora: a RULER
+effective length of 4x the window). The checks at the end run ctxext's own passkey and RULER
+evaluations.
 """
 
 from __future__ import annotations
