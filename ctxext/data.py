@@ -21,6 +21,8 @@ from .loading import file_problem, is_hub_id
 
 TEXT_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TEXT_FIELDS = ("text", "content", "document", "body")
+#: the `datasets` value types of a text column
+TEXT_KINDS = ("string", "large_string")
 #: the columns of prompt/completion data (TRL's names), read for training only
 PAIR_FIELDS = ("prompt", "completion")
 #: suffixes that name a local file, never a hub dataset
@@ -129,10 +131,10 @@ def load_texts(source: str | os.PathLike, split: str = "train", text_field: str 
             f"Dataset {text!r} has no text column (columns: {', '.join(dataset.column_names)}); "
             "pass the column name with --text-field."
         )
-    kind = getattr(dataset.features[field], "dtype", None)
-    if kind not in ("string", "large_string"):
+    kind = column_kind(dataset, field)
+    if kind not in TEXT_KINDS:
         raise CtxextError(
-            f"Column {field!r} of dataset {text!r} holds {kind or type(dataset.features[field]).__name__} values, "
+            f"Column {field!r} of dataset {text!r} holds {kind} values, "
             "not text; pass the column that holds the documents with --text-field."
         )
     dataset = dataset.select_columns([field])
@@ -146,13 +148,19 @@ def load_texts(source: str | os.PathLike, split: str = "train", text_field: str 
     return dataset
 
 
+def column_kind(dataset: Any, field: str) -> str:
+    """The value type of a Dataset column, as messages name it: "string", "int64", "List", ..."""
+    feature = dataset.features[field]
+    return getattr(feature, "dtype", None) or type(feature).__name__
+
+
 def prompt_completion_pairs(dataset: Any, described: str) -> Any:
     """The `prompt` and `completion` columns of `dataset`, checked to hold text; rows without a completion dropped."""
     for field in PAIR_FIELDS:
-        kind = getattr(dataset.features[field], "dtype", None)
-        if kind not in ("string", "large_string"):
+        kind = column_kind(dataset, field)
+        if kind not in TEXT_KINDS:
             raise CtxextError(
-                f"Column {field!r} of dataset {described} holds {kind or type(dataset.features[field]).__name__} "
+                f"Column {field!r} of dataset {described} holds {kind} "
                 "values, not text; prompt/completion data needs text in both columns."
             )
     dataset = dataset.select_columns(list(PAIR_FIELDS))

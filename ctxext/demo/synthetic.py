@@ -246,16 +246,19 @@ def training_documents(tokenizer: Any, n: int, length: int, seed: int = 0,
             yield ("passkey", *maker.make(rng, length - 1))
 
 
-def padded_document(kind: str, prompt: list[int], answer: list[int], length: int, tokenizer: Any) -> tuple[list[int], list[int]]:
-    """One training document as exactly `length` (ids, completion mask): answered, then EOS-padded.
+def padded_documents(tokenizer: Any, n: int, length: int, seed: int = 0,
+                     ruler: float = 0.5) -> Iterator[tuple[list[int], list[int]]]:
+    """`training_documents`, each as exactly `length` (ids, completion mask): answered, then EOS-padded.
 
     The completion is the answer (and the period after a passkey answer; a RULER answer ends in EOS).
     """
-    completion = answer + (DocumentMaker(tokenizer).ids(".") if kind == "passkey" else [])
-    ids = (prompt + completion)[:length]
-    mask = ([0] * len(prompt) + [1] * len(completion))[:length]
-    pad = length - len(ids)
-    return ids + [tokenizer.eos_token_id] * pad, mask + [0] * pad
+    period = DocumentMaker(tokenizer).ids(".")
+    for kind, prompt, answer in training_documents(tokenizer, n, length, seed, ruler):
+        completion = answer + (period if kind == "passkey" else [])
+        ids = (prompt + completion)[:length]
+        mask = ([0] * len(prompt) + [1] * len(completion))[:length]
+        pad = length - len(ids)
+        yield ids + [tokenizer.eos_token_id] * pad, mask + [0] * pad
 
 
 def training_stream(tokenizer: Any, n: int, length: int, seed: int = 0, ruler: float = 0.5) -> list[int]:
@@ -265,10 +268,7 @@ def training_stream(tokenizer: Any, n: int, length: int, seed: int = 0, ruler: f
     Packed into `length`-token sequences, every sequence is exactly one whole document, so no
     question is cut off from its key (what packing decoded texts would do now and then).
     """
-    stream: list[int] = []
-    for document in training_documents(tokenizer, n, length, seed, ruler):
-        stream += padded_document(*document, length, tokenizer)[0]
-    return stream
+    return [token for ids, _ in padded_documents(tokenizer, n, length, seed, ruler) for token in ids]
 
 
 def training_dataset(tokenizer: Any, n: int, length: int, seed: int = 0, ruler: float = 0.5) -> Any:
@@ -279,7 +279,7 @@ def training_dataset(tokenizer: Any, n: int, length: int, seed: int = 0, ruler: 
     """
     import datasets
 
-    rows = [padded_document(*document, length, tokenizer) for document in training_documents(tokenizer, n, length, seed, ruler)]
+    rows = list(padded_documents(tokenizer, n, length, seed, ruler))
     return datasets.Dataset.from_dict({"input_ids": [r[0] for r in rows], "completion_mask": [r[1] for r in rows]})
 
 

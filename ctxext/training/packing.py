@@ -75,7 +75,7 @@ def token_stream(
     key = hashlib.sha256(
         json.dumps({"format": _FORMAT, "data": data, "tokenizer": tokenizer_fingerprint(tokenizer)}).encode()
     ).hexdigest()[:20]
-    pairs = "text" not in texts.column_names
+    pairs = has_completions(texts)
     dtype = MASKED if pairs else np.dtype(np.uint32)
     path = cache_root(cache_dir) / "tokens" / f"{key}.{'masked' if pairs else 'u32'}"
     if not path.exists():
@@ -167,11 +167,16 @@ def read_dataset(dataset: Any, split: str = "train", text_field: str | None = No
             "or give `prompt` and `completion` columns, or pre-tokenized `input_ids`."
         )
     ids = np.asarray(dataset.cpu() if isinstance(dataset, torch.Tensor) else dataset)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids.size and ids.min() < 0):
+    if not _are_token_ids(ids):
         raise CtxextError(
             "Token data must be a 1-D sequence of non-negative integer ids; give a text file or dataset otherwise."
         )
     return ids
+
+
+def _are_token_ids(ids: np.ndarray) -> bool:
+    """Whether an array is a 1-D sequence of non-negative integer ids."""
+    return ids.ndim == 1 and np.issubdtype(ids.dtype, np.integer) and not (ids.size and ids.min() < 0)
 
 
 def _pretokenized(dataset: Any) -> np.ndarray:
@@ -179,9 +184,10 @@ def _pretokenized(dataset: Any) -> np.ndarray:
     masked = "completion_mask" in dataset.column_names
     pieces, i = [], 0
     for batch in dataset.iter(batch_size=256):
-        for ids, mask in zip(batch["input_ids"], batch["completion_mask"] if masked else batch["input_ids"]):
+        masks = batch["completion_mask"] if masked else [None] * len(batch["input_ids"])
+        for ids, mask in zip(batch["input_ids"], masks):
             ids = np.asarray(ids)
-            if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)) or (ids.size and ids.min() < 0):
+            if not (_are_token_ids(ids) or (ids.ndim == 1 and ids.size == 0)):  # an empty row holds no ids
                 raise CtxextError(f"Row {i} of the dataset's input_ids is not a list of non-negative integer token ids.")
             if masked:
                 mask = np.asarray(mask)

@@ -56,7 +56,7 @@ def card_recipe(run: dict, log: list[dict], length: int, pose_target: int | None
     return {
         "training sequences": window,
         "data": f"{run['dataset']} ({run['tokens']:,} tokens; documents joined with EOS and packed)",
-        "loss": "next-token cross-entropy on every token" if run.get("prompt_loss_weight", 1) == 1 else
+        "loss": "next-token cross-entropy on every token" if run["prompt_loss_weight"] == 1 else
                 f"next-token cross-entropy, prompt tokens weighted {run['prompt_loss_weight']:g}, completion tokens 1",
         "steps": f"{len(log)} x {global_batch} sequences ({len(log) * global_batch * length:,} tokens) on {run['processes']} process(es)",
         "optimizer": f"AdamW, betas (0.9, 0.95), lr {run['learning_rate']:g}, {schedule}, weight decay {run['weight_decay']:g}, gradient clipping {run['max_grad_norm']:g}",
