@@ -105,6 +105,53 @@ def dynamic_cache(layers: Iterable[tuple[Any, Any]] | None = None) -> Any:
     return DynamicCache(ddp_cache_data=layers) if layers else DynamicCache()
 
 
+def checkpoint_key_renamer(model: Any) -> Callable[[str], tuple[list[str], bool]]:
+    """How `from_pretrained` names a checkpoint's tensors in `model`: checkpoint key -> (the model's key(s) it
+    fills, whether a converter merges or splits it on the way, so that its shape changes).
+
+    Relies on: transformers v5's loading internals, which have no public API: the weight transforms of
+    `conversion_mapping.get_model_conversion_mapping` (renamings, and converters that merge per-expert
+    tensors into one or split a fused one) applied by `core_model_loading.rename_source_key`, which also
+    adds or strips `base_model_prefix`. A converter names only its first target; the others are the
+    same key with each further target pattern in its place. A key no transform touches maps to itself.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    meta_state = dict.fromkeys(model.state_dict(), True)
+    by_pattern = {pattern: converter for converter in converters for pattern in converter.source_patterns}
+
+    def rename(key: str) -> tuple[list[str], bool]:
+        renamed, pattern = rename_source_key(key, renamings, converters, model.base_model_prefix, meta_state)
+        converter = by_pattern.get(pattern) if pattern is not None else None
+        if converter is None:
+            return [renamed], False
+        first = converter.target_patterns[0]
+        return [renamed] + [renamed.replace(first, other, 1) for other in converter.target_patterns[1:]], True
+
+    return rename
+
+
+def tied_weight_names(model: Any) -> set[str]:
+    """The state-dict names of `model` that are tied to another weight, so a checkpoint may leave them out.
+
+    Relies on: v5's `PreTrainedModel.all_tied_weights_keys` ({tied name: source name}), set when the
+    model is built; `from_pretrained` counts these as present when their source is.
+    """
+    return set(getattr(model, "all_tied_weights_keys", None) or {})
+
+
+def ignored_missing_patterns(model: Any) -> list[str]:
+    """Regular expressions of state-dict names that `from_pretrained` does not report as missing.
+
+    Relies on: `_keys_to_ignore_on_load_missing`, which v5 gathers from every submodule when the model is built.
+    """
+    return sorted(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
+
+
 def no_split_modules(model: Any) -> Any:
     """The decoder-layer class names a transformers model says must not be split (`_no_split_modules`).
 

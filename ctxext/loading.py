@@ -21,7 +21,7 @@ import struct
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import CtxextError, first_line
+from .errors import CtxextError, first_line, internal_error
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -117,8 +117,8 @@ def check_source(source: str | os.PathLike, *, weights: bool = False) -> str:
     return text
 
 
-def _check_safetensors(path: Path) -> set[str]:
-    """The tensor names of a safetensors file whose header and length agree; CtxextError naming the file otherwise.
+def _check_safetensors(path: Path) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of a safetensors file whose header and length agree; CtxextError naming the file otherwise.
 
     Reads the 8-byte length and the JSON header only (what safetensors itself validates first), so
     it costs nothing whatever the file's size.
@@ -141,9 +141,13 @@ def _check_safetensors(path: Path) -> set[str]:
             meta = json.loads(header)
             if not isinstance(meta, dict):
                 raise ValueError
-            spans = [entry["data_offsets"] for name, entry in meta.items() if name != "__metadata__"]
+            entries = {name: entry for name, entry in meta.items() if name != "__metadata__"}
+            spans = [entry["data_offsets"] for entry in entries.values()]
             if not all(isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)
                        and 0 <= span[0] <= span[1] for span in spans):
+                raise TypeError
+            shapes = {name: tuple(entry["shape"]) for name, entry in entries.items()}
+            if not all(type(n) is int and n >= 0 for shape in shapes.values() for n in shape):
                 raise TypeError
             ends = [span[1] for span in spans]
         except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
@@ -156,11 +160,12 @@ def _check_safetensors(path: Path) -> set[str]:
                 problem = f"is corrupt ({data - described:,} bytes after the tensors its header describes)"
     if problem:
         raise CtxextError(f"{path} {problem}; download or copy it again.")
-    return {name for name in meta if name != "__metadata__"}
+    return shapes
 
 
-def check_weights(directory: Path) -> None:
-    """The directory's safetensors weights are present and whole (headers read, nothing loaded)."""
+def check_weights(directory: Path) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of the directory's safetensors weights, checked present and whole (headers read,
+    nothing loaded)."""
     index = directory / "model.safetensors.index.json"
     if index.exists():
         try:
@@ -182,10 +187,12 @@ def check_weights(directory: Path) -> None:
                 "checkpoint that ships safetensors."
             )
         raise CtxextError(f"{directory} holds no model weights (no model.safetensors); give a complete checkpoint directory.")
+    shapes: dict[str, tuple[int, ...]] = {}
     for path in files:
         if not path.is_file():
             raise CtxextError(f"{path} is not a file; download or copy it again.")
-        _check_safetensors(path)
+        shapes |= _check_safetensors(path)
+    return shapes
 
 
 @contextlib.contextmanager
@@ -204,9 +211,8 @@ def _quiet_transformers() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def _refuse_unfit(source: str, info: dict) -> None:
-    wrong = sorted(info.get("missing_keys") or ()) + sorted(str(k[0] if isinstance(k, tuple) else k)
-                                                             for k in info.get("mismatched_keys") or ())
+def _refuse_unfit(source: str, wrong: list[str]) -> None:
+    """CtxextError when any tensor the config's model needs is missing from the weights or of another shape."""
     if wrong:
         raise CtxextError(
             f"The weights of {source} do not fit its config.json: {len(wrong)} tensor(s) missing or of another "
@@ -214,19 +220,106 @@ def _refuse_unfit(source: str, info: dict) -> None:
         )
 
 
-def check_weights_fit(directory: str | os.PathLike) -> None:
-    """The weights hold every tensor the config's model needs, in its shape: transformers' own loading
-    rules, run on the meta device (headers only, no tensor read), so a misfit is refused before any work."""
+def _library(name: str) -> str:
+    from importlib.metadata import version
+
+    return f"{name} {version(name)}"
+
+
+def load_config(source: str | os.PathLike) -> Any:
+    """The transformers config of a checked model directory or hub id, with whose fault any failure is.
+
+    transformers refusing the config's values or its model type is the input's fault (one sentence
+    about config.json); anything else it raises is an internal error, reported as such.
+    """
+    from transformers import AutoConfig
+
+    source = os.fspath(source)
+    try:
+        with _quiet_transformers():
+            return AutoConfig.from_pretrained(source)
+    except OSError as err:
+        if is_local(source):
+            raise
+        raise CtxextError(f"{source} is not a local directory, and fetching its config from the Hugging Face hub "
+                          f"failed ({first_line(err)}); check the model id and the network.") from None
+    except (ValueError, TypeError, KeyError) as err:  # the config's values or model type, as transformers validates them
+        raise CtxextError(f"{_library('transformers')} does not accept the config of {source}: "
+                          f"{first_line(err, last=True)}; fix the value it names, or use a transformers that knows "
+                          "this model type.") from None
+    except Exception as err:
+        raise internal_error(err, f"reading the config of {source}") from None
+
+
+def empty_causal_lm(config: Any, source: str) -> Any:
+    """The causal LM that `config` describes, built on the meta device: names and shapes, no memory, no weights read.
+
+    A config that transformers does not build as a causal LM is the input's fault; any other failure
+    to build is an internal error.
+    """
+    import torch
     from transformers import AutoModelForCausalLM
 
-    with _quiet_transformers():
-        try:
-            _, info = AutoModelForCausalLM.from_pretrained(
-                directory, device_map="meta", use_safetensors=True, ignore_mismatched_sizes=True, output_loading_info=True
-            )
-        except Exception as err:  # a config or weights file that is not what it claims: the user's input
-            raise CtxextError(f"Could not load model {directory}: {first_line(err)}; check its config.json and weights.") from None
-    _refuse_unfit(str(directory), info)
+    try:
+        with _quiet_transformers(), torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise internal_error(err, f"building the model that the config of {source} describes") from None
+        raise CtxextError(f"{source} holds a {config.model_type!r} model, which transformers does not load as a "
+                          "causal language model; give a decoder-only (causal LM) checkpoint.") from None
+    except Exception as err:
+        raise internal_error(err, f"building the model that the config of {source} describes") from None
+
+
+def unfit_weights(model: Any, stored: dict[str, tuple[int, ...]]) -> list[str]:
+    """The state-dict names of `model` that the stored tensors ({name: shape}) leave missing or give another shape.
+
+    Checkpoint names are mapped as `from_pretrained` maps them (renamed, merged or split experts, with or
+    without the base model's prefix); a tied weight may be left out, and so may what the model says it
+    ignores when missing. Tensors that a converter merges (per-expert weights into one) or splits (a fused
+    projection into several) are checked by size: the stored pieces must hold as many elements as the
+    tensors they become, so a missing expert or a piece of another shape is found too.
+    """
+    import math
+    import re
+
+    from ._compat import checkpoint_key_renamer, ignored_missing_patterns, tied_weight_names
+
+    rename = checkpoint_key_renamer(model)
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    filled: dict[str, tuple[int, ...]] = {}  # model name -> the stored shape (one-to-one)
+    converted: dict[tuple[str, ...], int] = {}  # the model names a converter fills -> elements stored for them
+    for key, shape in stored.items():
+        targets, merged = rename(key)
+        if merged:
+            group = tuple(sorted(targets))
+            converted[group] = converted.get(group, 0) + math.prod(shape)
+        else:
+            filled[targets[0]] = shape
+    wrong = {name for name, shape in filled.items() if name in shapes and shape != shapes[name]}
+    for group, size in converted.items():
+        if size != sum(math.prod(shapes.get(name, (0,))) for name in group):
+            wrong.update(group)
+    present = set(filled).union(*converted)
+    patterns = ignored_missing_patterns(model)
+    ignored = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+    tied = tied_weight_names(model)
+    wrong.update(name for name in shapes
+                 if name not in present and name not in tied and not (ignored and ignored.search(name)))
+    return [name for name in shapes if name in wrong]  # in the model's order
+
+
+def check_weights_fit(directory: str | os.PathLike) -> None:
+    """The weights hold every tensor the config's model needs, in its shape, or CtxextError before any work.
+
+    The config's model is built on the meta device (`torch.device("meta")`: no memory, no weights
+    read) and its state dict compared with the safetensors headers, names mapped as `from_pretrained`
+    maps them. No loading path is used that transformers does not document for this.
+    """
+    directory = os.fspath(directory)
+    stored = check_weights(Path(directory))
+    _refuse_unfit(directory, unfit_weights(empty_causal_lm(load_config(directory), directory), stored))
 
 
 def pick_device(device: str | None = None) -> str:
@@ -306,7 +399,11 @@ def load_tokenizer(source: str | os.PathLike) -> Any:
                     raise CtxextError(f"{path} is not valid JSON ({first_line(err)}); copy the tokenizer files again.") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except Exception as err:  # a corrupt file raises what its parser raises (JSONDecodeError, Exception from Rust...)
+    except Exception as err:
+        # a file that is not what it claims raises what its parser raises: ValueError and the like, or the
+        # bare Exception of the Rust tokenizers; anything else is transformers' or tokenizers' own failure
+        if not (type(err) is Exception or isinstance(err, (ValueError, TypeError, KeyError, OSError))):
+            raise internal_error(err, f"loading the tokenizer of {source}") from None
         raise CtxextError(f"Could not load the tokenizer of {source}: {first_line(err)}; check its tokenizer files.") from None
     if len(tokenizer) < 2:
         raise CtxextError(f"The tokenizer of {source} has {len(tokenizer)} token(s), so it cannot encode text; check its tokenizer files.")
@@ -331,20 +428,31 @@ def load_model(
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     tokenizer = load_tokenizer(source)
+    config = load_config(source)
+    if is_local(source):  # every input fault is found here, so whatever loading raises below is not the input's
+        _refuse_unfit(source, unfit_weights(empty_causal_lm(config, source), check_weights(Path(source))))
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # transformers' load report; what matters in it is refused below
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             source,
+            config=config,
             dtype=torch_dtype,
             attn_implementation=attn_implementation or attention_implementation(device),
             use_safetensors=True,
             ignore_mismatched_sizes=True,
             output_loading_info=True,
         )
-    except Exception as err:  # a config or weights file that is not what it claims: the user's input
-        raise CtxextError(f"Could not load model {source}: {first_line(err)}; check its config.json and weights.") from None
+    except OSError as err:
+        if is_local(source):
+            raise
+        raise CtxextError(f"{source} is not a local directory, and fetching its weights from the Hugging Face hub "
+                          f"failed ({first_line(err)}); check the model id and the network.") from None
+    except Exception as err:
+        raise internal_error(err, f"loading the weights of {source}") from None
     finally:
         logging.set_verbosity(verbosity)
-    _refuse_unfit(source, info)  # a hub model's weights are first seen here
+    # a hub model's weights are first seen here
+    _refuse_unfit(source, sorted(info.get("missing_keys") or ()) + sorted(
+        str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ()))
     return model.to(device).eval(), tokenizer

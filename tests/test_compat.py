@@ -179,3 +179,32 @@ def test_no_module_but_compat_touches_another_objects_private_names():
                 if (dunder and name not in allowed_dunders) or (name.startswith("_") and not dunder and not name.startswith("_ctxext")):
                     found.append(f"{path.relative_to(package.parent)}:{node.lineno} {name}")
     assert not found, "private names touched outside _compat:\n" + "\n".join(found)
+
+
+def test_checkpoint_keys_are_renamed_as_from_pretrained_renames_them():
+    message = (f"{_version('transformers')}: get_model_conversion_mapping / rename_source_key changed; update "
+               "_compat.checkpoint_key_renamer (check_weights_fit reads checkpoint names through it)")
+    mixtral = _compat.checkpoint_key_renamer(tiny_model("mixtral", num_local_experts=4, num_experts_per_tok=2))
+    # Mixtral ships one tensor per expert; v5 stacks them into one fused parameter per layer
+    assert mixtral("model.layers.0.block_sparse_moe.experts.3.w1.weight") == (
+        ["model.layers.0.mlp.experts.gate_up_proj"], True), message
+    assert mixtral("model.layers.1.block_sparse_moe.experts.0.w2.weight") == (
+        ["model.layers.1.mlp.experts.down_proj"], True), message
+    llama = _compat.checkpoint_key_renamer(tiny_model("llama"))
+    assert llama("model.layers.0.self_attn.q_proj.weight") == (["model.layers.0.self_attn.q_proj.weight"], False), message
+    # a base model's checkpoint (no "model." prefix) loads into the causal LM
+    assert llama("layers.0.self_attn.q_proj.weight") == (["model.layers.0.self_attn.q_proj.weight"], False), message
+
+
+def test_tied_weights_and_ignored_missing_keys_are_where_from_pretrained_reads_them():
+    message = (f"{_version('transformers')}: PreTrainedModel.all_tied_weights_keys or _keys_to_ignore_on_load_missing "
+               "moved; update _compat.tied_weight_names / ignored_missing_patterns")
+    assert _compat.tied_weight_names(tiny_model("llama", tie_word_embeddings=True)) == {"lm_head.weight"}, message
+    assert _compat.tied_weight_names(tiny_model("llama", tie_word_embeddings=False)) == set(), message
+    assert _compat.ignored_missing_patterns(tiny_model("llama")) == [], message
+    from transformers.models.llama.modeling_llama import LlamaForCausalLM
+
+    class Ignoring(LlamaForCausalLM):
+        _keys_to_ignore_on_load_missing = [r"lm_head\.weight"]
+
+    assert _compat.ignored_missing_patterns(Ignoring(tiny_config("llama"))) == [r"lm_head\.weight"], message

@@ -153,3 +153,154 @@ def test_devices_are_checked_against_this_machine():
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(CtxextError, match="no CUDA device is available" if not count else f"has {count} cuda device"):
         pick_device(f"cuda:{count}" if count else "cuda")
+
+
+# -- whether weights fit their config: built on the meta device, checked against stock loading ------------------
+
+#: tiny models whose checkpoints stock transformers maps in each of its ways: one-to-one, a tied head, a head of
+#: its own name (gpt_neox), fused projections (phi3), per-expert tensors merged into one (mixtral, qwen2_moe,
+#: deepseek_v3: MLA and shared experts)
+FIT_MODELS = {
+    "llama": {}, "llama-tied": dict(tie_word_embeddings=True), "gpt_neox": dict(rotary_pct=0.25, num_key_value_heads=None),
+    "phi3": {}, "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32),
+    "deepseek_v3": dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_group=1, topk_group=1,
+                        first_k_dense_replace=1, qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=16,
+                        kv_lora_rank=16, q_lora_rank=None),
+}
+
+
+def _damaged(model_type: str, damage: str, where: Path) -> tuple[Path, str]:
+    """A tiny checkpoint saved by stock transformers, then damaged: (its folder, the stored tensor damaged)."""
+    from safetensors.torch import load_file, save_file
+
+    from tiny import tiny_model
+
+    model = tiny_model(model_type.removesuffix("-tied"), **FIT_MODELS[model_type])
+    model.save_pretrained(where)
+    state = load_file(str(where / "model.safetensors"))
+    keys = list(state)
+    victim = next((k for k in keys if "experts.1." in k), keys[len(keys) // 2])  # an expert's piece where there are experts
+    if damage == "drop":
+        del state[victim]
+    elif damage == "reshape":
+        state[victim] = torch.zeros(3, 3)
+    elif damage == "no-prefix":  # a base model's checkpoint, which stock loads into the causal LM
+        state = {k.removeprefix(model.base_model_prefix + "."): v for k, v in state.items()}
+    save_file(state, str(where / "model.safetensors"), metadata={"format": "pt"})
+    return where, victim
+
+
+def _stock_unfit(directory: Path) -> list[str] | None:
+    """What stock transformers' own loading (real tensors, on the CPU) reports missing or mismatched; None when
+    it cannot load the weights at all (a merge of per-expert tensors that are not all there raises)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    try:
+        _, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True, ignore_mismatched_sizes=True)
+    except RuntimeError:
+        return None
+    finally:
+        logging.set_verbosity_warning()
+    return sorted(info["missing_keys"]) + sorted(str(k[0] if isinstance(k, tuple) else k) for k in info["mismatched_keys"])
+
+
+@pytest.mark.parametrize("damage", ["intact", "drop", "reshape", "no-prefix"])
+@pytest.mark.parametrize("model_type", list(FIT_MODELS))
+def test_unfit_weights_agree_with_stock_loading(model_type, damage, tmp_path):
+    from ctxext.loading import check_weights, empty_causal_lm, load_config, unfit_weights
+
+    directory, victim = _damaged(model_type, damage, tmp_path / "m")
+    ours = sorted(unfit_weights(empty_causal_lm(load_config(directory), str(directory)), check_weights(directory)))
+    stock = _stock_unfit(directory)
+    if stock is None:  # stock could not merge the damaged experts: ours names the tensor they were to become
+        assert len(ours) == 1 and ours[0].endswith(("experts.gate_up_proj", "experts.down_proj")), ours
+    else:
+        assert ours == sorted(stock)
+    assert (ours == []) == (damage in ("intact", "no-prefix")), (victim, ours)
+    if ours:
+        with pytest.raises(CtxextError, match=f"do not fit its config.json: 1 tensor\\(s\\) missing or of another shape \\({ours[0]}\\)"):
+            check_weights_fit(directory)
+    else:
+        check_weights_fit(directory)
+
+
+def test_check_weights_fit_reads_no_tensor_and_takes_no_loading_path(good, tmp_path, monkeypatch):
+    """Regression (transformers 5.25 with kernels 0.19): from_pretrained(device_map="meta") raised "Unsupported
+    device type 'meta'" for every model. The check builds the config's model on the meta device and reads headers
+    only, so no loading path of transformers, and no tensor reader, can break it."""
+    import safetensors
+    import safetensors.torch
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("check_weights_fit must not load weights")
+
+    for owner, name in [(AutoModelForCausalLM, "from_pretrained"), (PreTrainedModel, "from_pretrained"),
+                        (safetensors, "safe_open"), (safetensors.torch, "load_file"), (torch, "load")]:
+        monkeypatch.setattr(owner, name, refuse)
+    check_weights_fit(good)
+    model = copy(good, tmp_path / "m")
+    header = json.dumps({"model.embed_tokens.weight": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, 36]}}).encode()
+    (model / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(36))
+    with pytest.raises(CtxextError, match=r"do not fit its config.json: \d+ tensor\(s\) missing or of another shape "
+                                          r"\(model.embed_tokens.weight, "):
+        check_weights_fit(model)
+
+
+# -- whose fault: the input's, or ctxext's and its libraries' ------------------------------------------------------
+
+def test_a_library_failure_while_loading_is_reported_as_the_librarys(good, monkeypatch):
+    from importlib.metadata import version
+
+    from transformers import PreTrainedModel
+
+    from ctxext.errors import InternalError
+
+    def broken(*args, **kwargs):  # what transformers 5.25 + kernels 0.19 raised deep inside, for every model
+        raise ValueError("Unsupported device type 'meta'. Supported device types are: cpu, cuda")
+
+    monkeypatch.setattr(PreTrainedModel, "post_init", broken)  # called by every model's constructor
+    with pytest.raises(InternalError) as caught:
+        check_weights_fit(good)
+    text = str(caught.value)
+    assert text.startswith(f"Internal error in transformers {version('transformers')}")
+    assert "while building the model that the config of" in text and "Unsupported device type 'meta'" in text
+    assert "CTXEXT_DEBUG=1" in text and "check its" not in text and len(text.splitlines()) == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(PreTrainedModel, "_load_pretrained_model", staticmethod(broken))  # inside from_pretrained
+    with pytest.raises(InternalError, match=r"^Internal error in transformers .* while loading the weights of .*"
+                                            r"Unsupported device type 'meta'"):
+        load_model(good)
+
+
+def test_the_culprit_is_the_package_whose_code_raised():
+    from importlib.metadata import version
+
+    from transformers import AutoConfig
+
+    from ctxext.errors import culprit, internal_error
+
+    try:
+        AutoConfig.for_model("no-such-model-type")
+    except ValueError as err:
+        assert culprit(err) == f"transformers {version('transformers')}"
+    try:
+        first_line(None)  # ctxext's own code raising
+    except Exception as err:
+        assert culprit(err).startswith("ctxext ")
+    sentence = str(internal_error(KeyError("x"), "doing a thing"))
+    assert sentence.startswith("Internal error in ctxext") and "while doing a thing (KeyError: 'x')" in sentence
+
+
+def test_a_config_transformers_refuses_is_the_inputs_fault(good, tmp_path):
+    model = copy(good, tmp_path / "m")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"model_type": "no-such-model-type"}))
+    with pytest.raises(CtxextError, match=r"transformers \S+ does not accept the config of .*; fix the value it names"):
+        check_weights_fit(model)
+    (model / "config.json").write_text(json.dumps(config | {"model_type": "vit", "architectures": ["ViTModel"]}))
+    with pytest.raises(CtxextError, match="holds a 'vit' model, which transformers does not load as a causal language model"):
+        check_weights_fit(model)

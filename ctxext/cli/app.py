@@ -6,7 +6,9 @@
 Each subcommand lives in `ctxext/cli/<name>.py` and exposes `register(subparsers)`, which adds
 its parser and sets `func`. Heavy imports (torch, transformers) happen inside `func`, so config-only
 commands start fast. Bad input raises CtxextError: one sentence on stderr, exit status 2, no
-traceback (set CTXEXT_DEBUG=1 to see one).
+traceback. A failure that is not the input's (ctxext's own, or a library's) is one sentence too,
+naming the package and version it came from and asking for a report, exit status 1. Set
+CTXEXT_DEBUG=1 to see the traceback of either.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import warnings
 
 from .. import __version__
-from ..errors import CtxextError, first_line
+from ..errors import CtxextError, InternalError, first_line, internal_error
 from .options import Parser
 
 #: subcommands in the order `ctxext --help` lists them
@@ -84,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # not the input's fault: ctxext's or a library's, named with its version
+        if os.environ.get("CTXEXT_DEBUG"):
+            raise
+        words = list(argv if argv is not None else sys.argv[1:])[:2]
+        command = " ".join(words if words[:1] == ["eval"] else words[:1])
+        error = err if isinstance(err, InternalError) else internal_error(err, f"running `ctxext {command}`")
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     finally:
         warnings.showwarning = shown
 

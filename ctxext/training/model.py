@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .._compat import lora_config_accepts, no_split_modules
-from ..errors import CtxextError, first_line
+from ..errors import CtxextError
 from ..rope.plan import RopePatch
 from .loss import causal_lm_loss, token_weights
 from .recipe import Recipe
@@ -46,7 +46,7 @@ def read_config(model: Any, source: str) -> dict:
     """The model's config as a dict, without loading any weights."""
     if not isinstance(model, (str, os.PathLike)):
         return model.config.to_dict()
-    from transformers import AutoConfig
+    from ..loading import load_config
 
     if os.path.isdir(source):  # wrong-typed values get ctxext's sentence before transformers reads them
         from pathlib import Path
@@ -55,10 +55,7 @@ def read_config(model: Any, source: str) -> dict:
         from ..rope.layout import check_config_types
 
         check_config_types(read_config_file(Path(source)))
-    try:
-        return AutoConfig.from_pretrained(source).to_dict()
-    except Exception as err:  # the user's config.json: transformers' validation raises several types
-        raise CtxextError(f"Could not read the config of {source}: {first_line(err)}.") from None
+    return load_config(source).to_dict()  # transformers' refusals are the input's; its failures are its own
 
 
 def fsdp_plugin() -> Any:

@@ -465,3 +465,72 @@ def test_a_window_beyond_the_models_own_is_written_with_one_warning_line(world, 
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(
         "warning: original_max_position_embeddings 100,000 is larger than the 256-token window this config records"), result.stderr
     assert "window 100,000 -> 200,000 tokens" in result.stdout
+
+
+# -- whose fault: a failure inside a library is said to be the library's, never the input's ----------------------
+
+#: commands that load the good model, each stopped by a library that fails while building or loading it
+LOADING = {
+    "eval passkey": ["eval", "passkey", "{m}", "--lengths", "300", "--depths", "0", "--trials", "1", "--output", "{o}"],
+    "eval perplexity": ["eval", "perplexity", "{m}", "--dataset", "{d}/book.txt", "--lengths", "64", "--output", "{o}"],
+    "train": ["train", "{m}", "--method", "yarn", "--factor", "2", "--no-progress", "--dataset", "{d}/book.txt",
+              "--output", "{o}"],
+    "search": ["search", "{m}", "--factor", "2", "--quiet", "--dataset", "{d}/book.txt", "--output", "{o}"],
+}
+
+
+@pytest.mark.parametrize("where", ["building the model", "loading the weights"])
+@pytest.mark.parametrize("command", list(LOADING))
+def test_a_library_failure_is_reported_as_the_librarys(command, where, inside, capsys, monkeypatch):
+    """transformers 5.25 with kernels 0.19 raised "Unsupported device type 'meta'" (a ValueError) inside every model
+    load, and ctxext said "check its config.json and weights". Such a failure is the library's: exit 1, one sentence
+    naming transformers and its version, no traceback, no output written, the model untouched."""
+    from importlib.metadata import version
+
+    from transformers import PreTrainedModel
+
+    world = inside
+    argv = fill(LOADING[command], world, "good", f"library-{command}-{where}")
+
+    def broken(*args, **kwargs):
+        raise ValueError("Unsupported device type 'meta'. Supported device types are: cpu, cuda")
+
+    if where == "building the model":
+        monkeypatch.setattr(PreTrainedModel, "post_init", broken)
+    else:
+        monkeypatch.setattr(PreTrainedModel, "_load_pretrained_model", staticmethod(broken))
+    before, source_hash = snapshot(world.root), tree_hash(world.models["good"])
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 1, (code, captured.err)
+    assert "Traceback" not in captured.err + captured.out and captured.out == ""
+    assert captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith(f"error: Internal error in transformers {version('transformers')} while {where}"), captured.err
+    assert "Unsupported device type 'meta'" in captured.err and "CTXEXT_DEBUG=1" in captured.err
+    assert "check its" not in captured.err and "your input is not at fault" in captured.err
+    # train tokenizes its (good) data before it loads the weights: the token cache it keeps is whole and reusable
+    cache = str(world.cache)
+    assert {k: v for k, v in snapshot(world.root).items() if not k.startswith(cache)} == {
+        k: v for k, v in before.items() if not k.startswith(cache)}, "the command changed the disk"
+    assert tree_hash(world.models["good"]) == source_hash
+
+
+def test_a_ctxext_bug_is_reported_as_ctxexts_with_its_traceback_on_demand(inside, capsys, monkeypatch):
+    import ctxext.patching.checkpoint
+
+    world = inside
+    argv = fill(["patch", "{m}", "--method", "yarn", "--factor", "2", "--output", "{o}"], world, "good", "ctxext-bug")
+
+    def bug(*args, **kwargs):
+        return {}["no such key"]
+
+    monkeypatch.setattr(ctxext.patching.checkpoint, "read_config", bug)
+    before = snapshot(world.root)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: Internal error in ctxext ") and "while running `ctxext patch` (KeyError: 'no such key')" in err
+    assert snapshot(world.root) == before
+    monkeypatch.setenv("CTXEXT_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main(argv)
