@@ -13,6 +13,7 @@ length L from them as stock code does (max position + 1) without running L token
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
 
@@ -43,6 +44,19 @@ def _layer_type(config, name: str) -> str | None:
     return types[int(match.group(1))]
 
 
+def _argument(module: nn.Module, args: tuple, kwargs: dict, name: str):
+    """The argument `name` of one call of module.forward, by keyword or by position (Qwen4-Exp's decoder layer
+    passes position_embeddings positionally); None when not given."""
+    if name in kwargs:
+        return kwargs[name]
+    try:
+        names = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    index = names.index(name) if name in names else len(args)
+    return args[index] if index < len(args) else None
+
+
 def capture(model: nn.Module, length: int, full: bool = False, ids: torch.Tensor | None = None,
             positions: list[int] | None = None) -> list[Seen]:
     """(cos, sin) each attention module receives in one forward pass that reaches `length` tokens.
@@ -66,7 +80,7 @@ def capture(model: nn.Module, length: int, full: bool = False, ids: torch.Tensor
 
     def attention_hook(name):
         def pre(module, args, kwargs):
-            keep(name, kwargs.get("position_embeddings"), _layer_type(config, name))
+            keep(name, _argument(module, args, kwargs, "position_embeddings"), _layer_type(config, name))
         return pre
 
     def rotary_hook(name):  # for attention that calls its own rotary module (Moshi)
