@@ -50,9 +50,15 @@ def has_stock_dynamic_update(module: Any) -> bool:
 
     Relies on: transformers' `dynamic_rope_update` decorator wrapping every rotary forward with one
     shared inner function, so all wrapped forwards share its code object (`__code__`). transformers
-    offers no public flag for "this forward is dynamic".
+    offers no public flag for "this forward is dynamic". Up to 5.23 `torch.no_grad()` wrapped it once
+    more: the decorators' `__wrapped__` chain is followed to reach it.
     """
-    return getattr(type(module).forward, "__code__", None) is _dynamic_wrapper_code()
+    forward, code = type(module).forward, _dynamic_wrapper_code()
+    while forward is not None:
+        if getattr(forward, "__code__", None) is code:
+            return True
+        forward = getattr(forward, "__wrapped__", None)
+    return False
 
 
 def set_serialised_config_key(config: Any, key: str, value: Any) -> None:

@@ -31,6 +31,21 @@ def test_dynamic_rope_update_still_shares_one_code_object():
         "wrapper code object; update _compat.has_stock_dynamic_update"
     )
     assert not _compat.has_stock_dynamic_update(torch.nn.Linear(2, 2))
+    # transformers 5.0 to 5.23 put torch.no_grad() around it: still recognised (they refused every dynamic method)
+    from transformers.modeling_rope_utils import dynamic_rope_update
+
+    class Wrapped(torch.nn.Module):
+        @torch.no_grad()
+        @dynamic_rope_update
+        def forward(self, x, position_ids):
+            return x
+
+    class NoGradOnly(torch.nn.Module):
+        @torch.no_grad()
+        def forward(self, x, position_ids):
+            return x
+
+    assert _compat.has_stock_dynamic_update(Wrapped()) and not _compat.has_stock_dynamic_update(NoGradOnly())
 
 
 def test_a_config_dict_entry_is_serialised_without_changing_the_rope_alias(tmp_path):
@@ -162,7 +177,9 @@ def test_no_module_but_compat_touches_another_objects_private_names():
     from pathlib import Path
 
     package = Path(_compat.__file__).parent
-    allowed_dunders = {"__name__", "__init__", "__file__", "__version__", "__main__", "__class__", "__qualname__"}
+    # the language's own public dunders (`__traceback__`: PEP 3134's attribute of every exception)
+    allowed_dunders = {"__name__", "__init__", "__file__", "__version__", "__main__", "__class__", "__qualname__",
+                       "__traceback__"}
     found = []
     for path in sorted(package.rglob("*.py")):
         if path.name == "_compat.py":
