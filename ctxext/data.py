@@ -150,8 +150,13 @@ def load_texts(source: str | os.PathLike, split: str = "train", text_field: str 
 
 def column_kind(dataset: Any, field: str) -> str:
     """The value type of a Dataset column, as messages name it: "string", "int64", "List", ..."""
+    import datasets
+
     feature = dataset.features[field]
-    return getattr(feature, "dtype", None) or type(feature).__name__
+    if isinstance(feature, datasets.Value):
+        return feature.dtype
+    kind = type(feature).__name__
+    return "List" if kind in ("Sequence", "LargeList") else kind  # datasets 3 names a list column Sequence, 4 List
 
 
 def prompt_completion_pairs(dataset: Any, described: str) -> Any:
