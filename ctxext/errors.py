@@ -42,7 +42,7 @@ def first_line(err: BaseException, last: bool = False) -> str:
 
 
 @lru_cache(maxsize=None)
-def _distribution(package: str) -> str | None:
+def installed(package: str) -> str | None:
     """'transformers 5.25.0' for an importable top-level package; None for the standard library and for code in
     no installed distribution (a script, a test)."""
     from importlib.metadata import packages_distributions, version
@@ -69,12 +69,12 @@ def culprit(err: BaseException) -> str:
     tb = err.__traceback__
     while tb is not None:
         module = tb.tb_frame.f_globals.get("__name__") or ""
-        name = _distribution(module.split(".")[0]) if module else None
+        name = installed(module.split(".")[0]) if module else None
         if name is not None:
             packages.append((module.split(".")[0], name))
         tb = tb.tb_next
     if not packages:
-        return _distribution("ctxext") or "ctxext"
+        return installed("ctxext") or "ctxext"
     last_ours = max((i for i, (top, _) in enumerate(packages) if top == "ctxext"), default=-1)
     called = packages[last_ours + 1:] or packages[last_ours:]
     outer, inner = called[0][1], called[-1][1]

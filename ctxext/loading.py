@@ -21,7 +21,7 @@ import struct
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import CtxextError, first_line, internal_error
+from .errors import CtxextError, first_line, installed, internal_error
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -220,12 +220,6 @@ def _refuse_unfit(source: str, wrong: list[str]) -> None:
         )
 
 
-def _library(name: str) -> str:
-    from importlib.metadata import version
-
-    return f"{name} {version(name)}"
-
-
 def load_config(source: str | os.PathLike) -> Any:
     """The transformers config of a checked model directory or hub id, with whose fault any failure is.
 
@@ -244,7 +238,7 @@ def load_config(source: str | os.PathLike) -> Any:
         raise CtxextError(f"{source} is not a local directory, and fetching its config from the Hugging Face hub "
                           f"failed ({first_line(err)}); check the model id and the network.") from None
     except (ValueError, TypeError, KeyError) as err:  # the config's values or model type, as transformers validates them
-        raise CtxextError(f"{_library('transformers')} does not accept the config of {source}: "
+        raise CtxextError(f"{installed('transformers')} does not accept the config of {source}: "
                           f"{first_line(err, last=True)}; fix the value it names, or use a transformers that knows "
                           "this model type.") from None
     except Exception as err:
