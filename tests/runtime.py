@@ -88,9 +88,15 @@ def capture(model: nn.Module, length: int, full: bool = False, ids: torch.Tensor
             keep(name, output, kwargs.get("layer_type", args[2] if len(args) > 2 else None))
         return post
 
-    # decoder layers pass position_embeddings on to their attention: hook the attention modules only
+    # decoder layers pass position_embeddings on to their attention: hook the attention modules only (LongCat's
+    # are a list of two MLA modules per layer, self_attn.0 and self_attn.1)
+    def is_attention(name: str, module: nn.Module) -> bool:
+        parts = name.split(".")
+        return ("attn" in parts[-1].lower() or type(module).__name__.endswith("Attention")
+                or (parts[-1].isdigit() and len(parts) > 1 and "attn" in parts[-2].lower()))
+
     handles = [m.register_forward_pre_hook(attention_hook(n), with_kwargs=True) for n, m in model.named_modules()
-               if "attn" in n.split(".")[-1].lower() or type(m).__name__.endswith("Attention")]
+               if is_attention(n, m)]
     inside = [n for n, m in model.named_modules() if type(m).__name__.endswith("RotaryEmbedding")
               and any(n.startswith(a + ".") for a, am in model.named_modules() if type(am).__name__.endswith("Attention"))]
     handles += [m.register_forward_hook(rotary_hook(n), with_kwargs=True) for n, m in model.named_modules() if n in inside]

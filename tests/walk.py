@@ -54,6 +54,10 @@ SIZED = {
         mlp_only_layers=[0], mlp_only_intermediate_size=128,
     ),
 }
+#: multi-head latent attention (DeepSeek V2/V3 and their kin): stock code runs it with as many key/value heads as
+#: query heads, as every shipped config has them; SMALL's grouped 2 of 4 cannot run
+MLA = {t: dict(num_key_value_heads=SMALL["num_attention_heads"])
+       for t in ("axk1", "axk2", "deepseek_v2", "deepseek_v3", "longcat_flash", "minicpm3", "youtu")}
 MAX_PARAMS = 5_000_000  # a tiny config that stays bigger than this builds a vision tower or the like: skipped
 
 
@@ -73,7 +77,10 @@ def rotary_model_types() -> list[str]:
 def build(model_type: str):
     """(tiny model in eval mode, None), or (None, why the tiny config is unusable)."""
     try:
-        config = AutoConfig.for_model(model_type, **{**SMALL, **SHRINK, **OVERRIDES.get(model_type, {}), **HYBRID.get(model_type, {}), **SIZED.get(model_type, {})})
+        sizes = {**SMALL, **SHRINK}
+        for table in (OVERRIDES, HYBRID, SIZED, MLA):
+            sizes |= table.get(model_type, {})
+        config = AutoConfig.for_model(model_type, **sizes)
         with torch.device("meta"):
             size = sum(p.numel() for p in AutoModelForCausalLM.from_config(copy.deepcopy(config)).parameters())
         if size > MAX_PARAMS:
