@@ -5,12 +5,14 @@
     >>> model.save_pretrained("llama2-yarn-x8")   # loads in stock transformers, no ctxext needed
 
 Only frequencies and one attention scale change: each rotary module's `inv_freq` (float32, whatever
-the model's dtype) and `attention_scaling`, and the model's config, written with the rules of
-`ctxext.rope.plan` so that saving and reloading in stock transformers gives the same logits.
+the model's dtype) and `attention_scaling`, the model's config, written with the rules of
+`ctxext.rope.plan`, and what the model derives from that config when it is built (DeepSeek's softmax
+scale), so that saving and reloading in stock transformers gives the same logits.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import warnings
@@ -240,6 +242,55 @@ def _apply_config(config: Any, patch: RopePatch) -> None:
             setattr(config, key, value)
 
 
+def _derived_updates(model: nn.Module, targets: list[_Target], plans: dict) -> list[tuple[nn.Module, str, Any]]:
+    """(module, attribute, value) for what the model derives from its rope config at construction, outside the
+    rotary modules, that the patch changes: DeepSeek's softmax `scaling` (from `mscale_all_dim` and the factor),
+    and whatever other family does the same.
+
+    The model is built twice on the meta device (no memory), from its config as it is and as the plans write
+    it; a plain number that differs between the two, and that the live module still holds as built, takes the
+    patched value, so the model in memory runs as a stock reload of its saved checkpoint does.
+    """
+    if not isinstance(model, PreTrainedModel):
+        return []
+    memo: dict[int, Any] = {}
+    patched = copy.deepcopy(model.config, memo)
+    for config, patch in plans.values():
+        if id(config) not in memo:
+            return []  # a rotary config the model's own config does not hold: nothing to rebuild from
+        _apply_config(memo[id(config)], patch)
+    rotary = [t.name for t in targets]
+
+    def numbers(config: Any) -> dict[str, dict[str, Any]]:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fresh = type(model)(config)
+        return {name: {k: v for k, v in vars(module).items() if type(v) in (int, float)}
+                for name, module in fresh.named_modules()
+                if not any(name == r or name.startswith(r + ".") for r in rotary)}
+
+    try:
+        before = numbers(copy.deepcopy(model.config))
+    except Exception:
+        return []  # a model stock transformers cannot build on the meta device: nothing to compare
+    try:
+        after = numbers(patched)
+    except Exception as err:
+        raise RopeConfigError(
+            f"Stock transformers cannot build a {model.config.model_type!r} model from the patched config "
+            f"({type(err).__name__}: {first_line(err)}), so a saved checkpoint would not load; try ntk or yarn."
+        ) from None
+    live = dict(model.named_modules())
+    updates = []
+    for name, values in after.items():
+        module = live.get(name)
+        for key, value in values.items():
+            built = before.get(name, {}).get(key)
+            if module is not None and built is not None and value != built and getattr(module, key, None) == built:
+                updates.append((module, key, value))
+    return updates
+
+
 def _stock_init_fn(module: nn.Module, rope_type: str) -> Any:
     """The frequency function a stock module of this class picks for `rope_type` (as its __init__ does)."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -360,6 +411,7 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
                 args, (inv_freq, scale) = None, expected[layer_type]
             updates.append((target, patch, layer_type, inv_freq, scale, args))
         _check_stock_reading(target, patch, expected)
+    derived = _derived_updates(model, targets, plans)
 
     # 2. apply
     if scaling.method == "dynamic-yarn" and not scaling.is_identity:
@@ -374,6 +426,8 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
         warnings.warn(note, ReaderWarning, stacklevel=2)
     for config, patch in plans.values():
         _apply_config(config, patch)
+    for module, key, value in derived:  # e.g. DeepSeek's softmax scale, as a stock reload builds it
+        setattr(module, key, value)
     dynamic_args: dict[int, dict] = {}
     for target, patch, layer_type, inv_freq, scale, args in updates:
         module, prefix = target.module, _prefix(layer_type)

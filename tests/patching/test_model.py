@@ -469,3 +469,39 @@ def test_a_patch_planned_for_another_config_is_refused_and_changes_nothing():
     with pytest.raises(RopeConfigError, match="planned for another llama rope layout"):
         apply_patch(model, patch)
     assert model.config.to_dict() == before[0] and torch.equal(model.model.rotary_emb.inv_freq, before[1])
+
+
+#: DeepSeek V3 as it ships (yarn x40 with mscale = mscale_all_dim = 1), at tiny sizes: stock transformers sets
+#: each attention's softmax `scaling` when it builds the model, from mscale_all_dim and the factor
+DEEPSEEK_V3 = dict(num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                   n_group=1, topk_group=1, first_k_dense_replace=1, qk_rope_head_dim=16, qk_nope_head_dim=16,
+                   v_head_dim=16, kv_lora_rank=16, q_lora_rank=None, max_position_embeddings=64 * 40,
+                   rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0,
+                                    "original_max_position_embeddings": 64, "mscale": 1.0, "mscale_all_dim": 1.0,
+                                    "beta_fast": 32, "beta_slow": 1})
+
+
+@pytest.mark.parametrize("method, factor", [("yarn", 4), ("pi", 8), ("ntk", 2), ("yarn", 1)])
+def test_what_the_model_derives_from_rope_at_construction_follows_the_patch(method, factor, tmp_path):
+    """Regression: patch_model rewrote only the rotary modules, so DeepSeek's softmax scale kept the shipped
+    x40's value in memory while a stock reload of the same patch built another (0.331 against 0.177 here):
+    the model differed from its own saved copy, and --factor 1 --replace did not restore the unscaled model."""
+    model = tiny_model("deepseek_v3", **DEEPSEEK_V3)
+    shipped = model.model.layers[0].self_attn.scaling
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctxext.patch_model(model, method, factor, replace=True)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    scales = [(a.self_attn.scaling, b.self_attn.scaling) for a, b in zip(model.model.layers, reloaded.model.layers)]
+    assert all(a == b for a, b in scales) and scales[0][0] != shipped, scales
+    ids = token_ids(4 * 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reloaded(ids).logits, rtol=0, atol=0)
+    if factor == 1:  # restored: the model that the unscaled config builds, with the same weights
+        unscaled = {k: v for k, v in DEEPSEEK_V3.items() if k not in ("rope_parameters", "max_position_embeddings")}
+        stock = AutoModelForCausalLM.from_config(tiny_config("deepseek_v3", **unscaled)).eval()
+        stock.load_state_dict(model.state_dict())
+        assert stock.model.layers[0].self_attn.scaling == model.model.layers[0].self_attn.scaling
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, stock(ids).logits, rtol=0, atol=0)
