@@ -67,7 +67,7 @@ def capture(model: nn.Module, length: int, full: bool = False, ids: torch.Tensor
     """
     positions = positions or positions_for(length)
     seen: list[Seen] = []
-    config = model.config
+    config = model.config.get_text_config()  # a composite model's layer types are its text config's
 
     def keep(name, pe, layer_type):
         if isinstance(pe, torch.Tensor) and pe.is_complex():  # Llama 4: cos + i sin

@@ -41,13 +41,38 @@ HYBRID = {
     ),
     "recurrent_gemma": dict(block_types=["recurrent", "attention"]),
     "lfm3": dict(layer_types=["conv", "full_attention"]),
+    "lfm2_moe": dict(layer_types=["conv", "full_attention"]),
+    "zamba2": dict(layers_block_type=["mamba", "hybrid"], use_mem_rope=True, mamba_d_state=16, n_mamba_heads=2,
+                   chunk_size=16),
 }
+#: a vision tower or audio encoder of one layer 32 wide
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 #: other types whose defaults stay too big or invalid at SMALL's sizes: Ergo's dense first layer
 #: (32,768 wide) and its global layers every 4th (NoPE, so 2 layers would be all sliding); Kolibri 1.1's
 #: indexer (12 index heads of 48 query heads, head_dim a multiple of 16) and its indexed layers every 5th
 SIZED = {
     "ergo": dict(first_dense_intermediate_size=128, shared_intermediate_size=32, global_attention_every_n_layers=2,
                  sliding_window=16),
+    "mllama_text_model": dict(cross_attention_layers=[1]),
+    "cohere_compass_text": dict(layer_types=["full_attention"] * 2, rope_parameters={
+        "full_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+    "dbrx": dict(d_model=64, n_heads=4, n_layers=2, max_seq_len=64, attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
+                 ffn_config=dict(hidden_size=64, ffn_hidden_size=32, moe_num_experts=4, moe_top_k=2)),
+    "inkling2_text": dict(unpadded_vocab_size=128, head_dim=16, swa_head_dim=16, sliding_window_size=16, rel_extent=16),
+    "zaya": dict(num_experts_per_tok=1),
+    "gemma3n_text": dict(
+        head_dim=16, sliding_window=16, layer_types=["sliding_attention", "full_attention"], num_kv_shared_layers=0,
+        activation_sparsity_pattern=[0.0, 0.0], hidden_size_per_layer_input=8, vocab_size_per_layer_input=128,
+        laurel_rank=8, altup_num_inputs=2),
+    "phi4_multimodal": dict(
+        vision_config=VISION | dict(image_size=32, patch_size=8, crop_size=32),
+        audio_config=dict(hidden_size=32, intermediate_size=64, num_blocks=1, num_attention_heads=2, ext_pw_out_channel=32,
+                          depthwise_separable_out_channel=32, nemo_conv_channels=32)),
+    "gemma4_text": dict(
+        head_dim=16, sliding_window=16, layer_types=["sliding_attention", "full_attention"], per_layer_config={},
+        hidden_size_per_layer_input=8, vocab_size_per_layer_input=128),
+    "codegen": dict(rotary_dim=8),
+    "gptj": dict(rotary_dim=8),
     "kolibri1_1": dict(
         layer_types=["sliding_attention", "indexed_attention"], sliding_window=16, head_dim=16, index_num_heads=2,
         index_topk=16, index_pool_size=64, index_compression=4, index_num_local_tokens=8, index_num_sink_tokens=2,
@@ -58,6 +83,64 @@ SIZED = {
 #: query heads, as every shipped config has them; SMALL's grouped 2 of 4 cannot run
 MLA = {t: dict(num_key_value_heads=SMALL["num_attention_heads"])
        for t in ("axk1", "axk2", "deepseek_v2", "deepseek_v3", "longcat_flash", "minicpm3", "youtu")}
+#: types whose head_dim defaults to None (hidden_size // heads is not taken: Ministral, Hunyuan) or to a full-size
+#: value (Helium's 128 against SMALL's 64 wide hidden state)
+HEAD_DIM = {t: dict(head_dim=16) for t in ("helium", "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral")}
+#: composite (multimodal) types: their text model is the text type's tiny config (text_config), their vision tower
+#: or the like is shrunk to one layer 32 wide; the causal LM runs on text only
+COMPOSITE = {
+    "llama4": ("llama4_text", dict(vision_config=VISION | dict(
+        image_size=32, patch_size=8, vision_output_dim=32, projector_input_dim=32, projector_output_dim=32))),
+    "qwen3_5": ("qwen3_5_text", dict(vision_config=dict(
+        depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64))),
+    "qwen3_5_moe": ("qwen3_5_moe_text", dict(vision_config=dict(
+        depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64))),
+    "qwen4_exp": ("qwen4_exp_text", dict(vision_config=dict(
+        depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64))),
+    "mllama": ("mllama_text_model", dict()),  # its causal LM (like Emu3's) is the text model alone
+    "emu3": ("emu3_text_model", dict()),
+    "dots3_note": ("dots3_note_text", dict(vision_config=dict(adapter_out_dim=64), audio_config=dict(adapter_out_dim=64))),
+}
+#: MLA with a sparse-attention indexer (DeepSeek V3.2, GLM-5, Hunyuan V4): low ranks and heads 16 wide (the rope
+#: part 16 of them), an indexer of 2 heads 32 wide that keeps the top 16 keys; as many key/value heads as query heads
+DSA = dict(num_key_value_heads=SMALL["num_attention_heads"], kv_lora_rank=32, q_lora_rank=64, qk_rope_head_dim=16,
+           qk_nope_head_dim=16, v_head_dim=16, head_dim=16, index_topk=16, index_head_dim=32, index_n_heads=2)
+MLA |= {t: DSA for t in ("deepseek_v32", "glm_moe_dsa", "hy_v4")}
+MLA["dots3_note_text"] = DSA | dict(shared_experts_intermediate_size=32, sliding_window=16)
+#: composite types whose tiny config builds (Gemma 3's patches and reloads, Gemma 4 unified's is refused, "does not
+#: recognise the rotary embedding"), held back from COMPOSITE, so still over MAX_PARAMS: ctxext's chunked loss (own_head) fails on
+#: them, "TypeError: 'NoneType' object is not callable" where Gemma3Model unpacks its language model's output with
+#: ** (the stubbed decoder's output is no mapping)
+COMPOSITE_HELD = {
+    "gemma3": ("gemma3_text", dict(
+        vision_config=VISION | dict(image_size=32, patch_size=8), mm_tokens_per_image=4)),
+    "gemma4_unified": ("gemma4_unified_text", dict()),
+    "gemma4": ("gemma4_text", dict(vision_config=VISION, audio_config=None)),
+}
+#: DeepSeek V4's tiny config builds and its loss passes, but every method fails the run-time check ("24 mismatches,
+#: first: at 32: model.layers.0.self_attn.compressor.rotary_emb: cos/sin of shape (1, 2) for 2 frequencies": its
+#: compressor's own rope, the "compress" entry, is not what the check expects): held back from SIZED, so still over
+#: MAX_PARAMS. BLT's builds, runs and its loss passes, but ctxext writes its rope and record into each of its four
+#: sub-configs (patcher rope_theta 1e4, local encoder, decoder and global transformer 5e5), and the walk's check reads
+#: one record (KeyError: 'ctxext'): held back until the check follows each sub-model's own record
+SIZED_HELD = {
+    "blt": dict(  # byte-level: a one-layer patcher, local encoder and decoder 32 wide, global transformer 64 wide
+        encoder_hash_byte_group_vocab=64,
+        patcher_config=dict(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            num_key_value_heads=2, intermediate_size=64, head_dim=16, max_position_embeddings=64),
+        encoder_config=dict(vocab_size=128, hidden_size=32, hidden_size_global=64, num_attention_heads=2,
+                            num_key_value_heads=2, num_hidden_layers=1, intermediate_size=64, max_position_embeddings=64),
+        decoder_config=dict(vocab_size=128, hidden_size=32, hidden_size_global=64, num_attention_heads=2,
+                            num_key_value_heads=2, num_hidden_layers=1, intermediate_size=64, head_dim=16,
+                            max_position_embeddings=64),
+        global_config=dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=1,
+                           intermediate_size=128, head_dim=16, max_position_embeddings=64)),
+    "deepseek_v4": dict(
+        num_key_value_heads=1, head_dim=32, qk_rope_head_dim=4, q_lora_rank=32, o_lora_rank=32, o_groups=2,
+        index_n_heads=2, index_head_dim=32, index_topk=16, sliding_window=16, num_nextn_predict_layers=0,
+        layer_types=["compressed_sparse_attention", "heavily_compressed_attention"], mlp_layer_types=["moe", "moe"],
+        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 8}),
+}
 MAX_PARAMS = 5_000_000  # a tiny config that stays bigger than this builds a vision tower or the like: skipped
 
 
@@ -74,13 +157,23 @@ def rotary_model_types() -> list[str]:
     return found
 
 
+def sizes(model_type: str) -> dict:
+    """The config keys of model_type's tiny model: SMALL, SHRINK and the type's own tables."""
+    found = {**SMALL, **SHRINK}
+    for table in (OVERRIDES, HYBRID, SIZED, MLA, HEAD_DIM):
+        found |= table.get(model_type, {})
+    return found
+
+
 def build(model_type: str):
     """(tiny model in eval mode, None), or (None, why the tiny config is unusable)."""
     try:
-        sizes = {**SMALL, **SHRINK}
-        for table in (OVERRIDES, HYBRID, SIZED, MLA):
-            sizes |= table.get(model_type, {})
-        config = AutoConfig.for_model(model_type, **sizes)
+        if model_type in COMPOSITE:
+            text_type, parts = COMPOSITE[model_type]
+            config = AutoConfig.for_model(model_type, text_config=dict(sizes(text_type), model_type=text_type),
+                                          **copy.deepcopy(parts))
+        else:
+            config = AutoConfig.for_model(model_type, **sizes(model_type))
         with torch.device("meta"):
             size = sum(p.numel() for p in AutoModelForCausalLM.from_config(copy.deepcopy(config)).parameters())
         if size > MAX_PARAMS:
