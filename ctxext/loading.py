@@ -304,8 +304,9 @@ def unfit_weights(model: Any, stored: dict[str, tuple[int, ...]]) -> list[str]:
     return [name for name in shapes if name in wrong]  # in the model's order
 
 
-def check_weights_fit(directory: str | os.PathLike) -> None:
-    """The weights hold every tensor the config's model needs, in its shape, or CtxextError before any work.
+def check_weights_fit(directory: str | os.PathLike, config: Any = None) -> Any:
+    """The weights hold every tensor the config's model needs, in its shape, or CtxextError before any work;
+    returns the config (`load_config`'s, unless one already read is given).
 
     The config's model is built on the meta device (`torch.device("meta")`: no memory, no weights
     read) and its state dict compared with the safetensors headers, names mapped as `from_pretrained`
@@ -313,7 +314,9 @@ def check_weights_fit(directory: str | os.PathLike) -> None:
     """
     directory = os.fspath(directory)
     stored = check_weights(Path(directory))
-    _refuse_unfit(directory, unfit_weights(empty_causal_lm(load_config(directory), directory), stored))
+    config = config if config is not None else load_config(directory)
+    _refuse_unfit(directory, unfit_weights(empty_causal_lm(config, directory), stored))
+    return config
 
 
 def pick_device(device: str | None = None) -> str:
@@ -424,7 +427,7 @@ def load_model(
     tokenizer = load_tokenizer(source)
     config = load_config(source)
     if is_local(source):  # every input fault is found here, so whatever loading raises below is not the input's
-        _refuse_unfit(source, unfit_weights(empty_causal_lm(config, source), check_weights(Path(source))))
+        check_weights_fit(source, config)
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # transformers' load report; what matters in it is refused below
     try:
