@@ -7,7 +7,10 @@ copy time) and copied otherwise; pickle weights (`*.bin`) are carried as files, 
 Tokenizer files, generation config and everything else come along unchanged; config.json is
 rewritten with the rules of `ctxext.rope.plan` and README.md becomes a model card (the original
 card, if any, is kept as README.base.md). The output is built in a temporary sibling directory and
-renamed at the end, so an error leaves nothing behind. No torch is imported.
+renamed at the end, so an error leaves nothing behind. No torch is imported for the model types whose
+config alone is proven to say everything (`ctxext.patching.verify`); any other is patched on the model its
+config builds (parameters on the meta device, no weights read) and checked against a stock build of the
+written config before anything is carried.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .card import render_model_card
+from .verify import check_checkpoint_patch, needs_model_check
 from ..errors import CtxextError, first_line
 from ..io import atomic_write_text, check_output_dir, staged_directory
 from ..loading import check_files, check_source, is_local
@@ -122,6 +126,9 @@ def patch_checkpoint(
     patch = plan_checkpoint(config, scaling, replace)
     new_config = patched_config_dict(config, patch)
     with staged_directory(dst, overwrite, sources=[directory]) as tmp:
+        atomic_write_text(tmp / "config.json", json.dumps(new_config, indent=2, ensure_ascii=False) + "\n")
+        if needs_model_check(config):  # before any weight is carried: a refusal costs nothing
+            check_checkpoint_patch(directory, tmp, new_config, patch, scaling, replace, params)
         for path in sorted(directory.rglob("*")):
             relative = path.relative_to(directory)
             if path.is_dir() or relative.parts[0].startswith("."):
@@ -133,7 +140,6 @@ def patch_checkpoint(
             if relative == Path("README.md"):
                 target = tmp / "README.base.md"
             _carry(path, target)
-        atomic_write_text(tmp / "config.json", json.dumps(new_config, indent=2, ensure_ascii=False) + "\n")
         notes = reader_notes(new_config)
         card = render_model_card(str(src), patch, name=dst.name, notes=notes)
         atomic_write_text(tmp / "README.md", card)
