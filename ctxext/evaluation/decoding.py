@@ -38,16 +38,9 @@ PrefixCache = list
 
 def position_dependent_rope(model: Any) -> bool:
     """True when the rotary frequencies depend on the current sequence length (dynamic NTK/YaRN, longrope)."""
-    from ..patching.model import has_dynamic_yarn_hook
+    from ..patching.rotary import length_dependent
 
-    for module in model.modules():
-        if has_dynamic_yarn_hook(module):  # ctxext's dynamic-yarn hook
-            return True
-        rope_type = getattr(module, "rope_type", None)
-        types = rope_type.values() if isinstance(rope_type, dict) else [rope_type]
-        if any(isinstance(t, str) and ("dynamic" in t or t == "longrope") for t in types):
-            return True
-    return False
+    return length_dependent(model)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:

@@ -12,17 +12,14 @@ scale), so that saving and reloading in stock transformers gives the same logits
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import warnings
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 
 from .._compat import drop_serialised_config_key, has_stock_dynamic_update, set_serialised_config_key
 from ..errors import first_line
@@ -31,35 +28,10 @@ from ..rope.functions import compute_inv_freq, default_inv_freq
 from ..rope.layout import GLOBAL, RopeConfigError, RopeLayout, read_layout
 from ..rope.plan import REMOVE, RopePatch, patched_config_dict, plan_patch
 from ..rope.readers import ReaderWarning, reader_notes
+from .rotary import (RotaryTarget, built_frequencies, derived_updates, frequencies, has_dynamic_yarn_hook, prefix,
+                     rotary_modules, serves, set_frequencies)
 
-
-@dataclass
-class _Target:
-    """One rotary module and the config object it reads."""
-
-    name: str
-    module: nn.Module
-    config: Any
-
-
-def _prefix(layer_type: str | None) -> str:
-    return "" if layer_type is None else f"{layer_type}_"
-
-
-def _rotary_modules(model: nn.Module) -> list[_Target]:
-    """Modules that follow transformers' rotary contract: a config, an inv_freq buffer, an attention scale."""
-    found = []
-    for name, module in model.named_modules():
-        config = getattr(module, "config", None)
-        if config is None or isinstance(module, PreTrainedModel):
-            continue
-        if isinstance(getattr(module, "inv_freq", None), torch.Tensor) and hasattr(module, "attention_scaling"):
-            found.append(_Target(name, module, config))
-        elif isinstance(getattr(module, "rope_type", None), dict) and any(
-            isinstance(getattr(module, f"{t}_inv_freq", None), torch.Tensor) for t in module.rope_type
-        ):
-            found.append(_Target(name, module, config))
-    return found
+__all__ = ["apply_patch", "has_dynamic_yarn_hook", "patch_model"]
 
 
 def _frequency_args(patch: RopePatch, layer_type: str | None, scaling: Scaling) -> dict:
@@ -164,7 +136,7 @@ def _what_went_wrong(output: tuple, patch: RopePatch, layer_type: str | None, le
     return "computes other frequencies or another attention scale"
 
 
-def _check_stock_reading(target: _Target, patch: RopePatch, expected: dict) -> None:
+def _check_stock_reading(target: RotaryTarget, patch: RopePatch, expected: dict) -> None:
     """Build the rotary module stock transformers would build from the patched config; refuse on any difference.
 
     This catches readers that silently reinterpret a config (Phi-3's config turns `yarn` into
@@ -194,9 +166,7 @@ def _check_stock_reading(target: _Target, patch: RopePatch, expected: dict) -> N
             "that method."
         ) from None
     for layer_type, (inv_freq, scale) in expected.items():
-        prefix = _prefix(layer_type)
-        stock_inv_freq = getattr(stock, f"{prefix}inv_freq")
-        stock_scale = getattr(stock, f"{prefix}attention_scaling")
+        stock_inv_freq, stock_scale = frequencies(stock, layer_type)
         if not (torch.equal(stock_inv_freq.float(), inv_freq) and math.isclose(stock_scale, scale, rel_tol=1e-6)):
             raise RopeConfigError(
                 f"Stock transformers would read this {patch.scaling.method} config of {patch.layout.model_type!r} "
@@ -206,11 +176,9 @@ def _check_stock_reading(target: _Target, patch: RopePatch, expected: dict) -> N
     _check_stock_forward(stock, patch, list(expected))
 
 
-def _check_module(target: _Target, layout: RopeLayout, layer_type: str | None) -> None:
+def _check_module(target: RotaryTarget, layout: RopeLayout, layer_type: str | None) -> None:
     """Refuse a rotary module whose frequencies do not follow the layout (an unfamiliar rope variant)."""
-    current = getattr(target.module, f"{_prefix(layer_type)}original_inv_freq", None)
-    if current is None:
-        current = getattr(target.module, f"{_prefix(layer_type)}inv_freq")
+    current = built_frequencies(target.module, layer_type)
     cls = type(target.module).__name__
     if current.shape != (layout.rotary_dim // 2,):
         raise RopeConfigError(
@@ -242,55 +210,6 @@ def _apply_config(config: Any, patch: RopePatch) -> None:
             setattr(config, key, value)
 
 
-def _derived_updates(model: nn.Module, targets: list[_Target], plans: dict) -> list[tuple[nn.Module, str, Any]]:
-    """(module, attribute, value) for what the model derives from its rope config at construction, outside the
-    rotary modules, that the patch changes: DeepSeek's softmax `scaling` (from `mscale_all_dim` and the factor),
-    and whatever other family does the same.
-
-    The model is built twice on the meta device (no memory), from its config as it is and as the plans write
-    it; a plain number that differs between the two, and that the live module still holds as built, takes the
-    patched value, so the model in memory runs as a stock reload of its saved checkpoint does.
-    """
-    if not isinstance(model, PreTrainedModel):
-        return []
-    memo: dict[int, Any] = {}
-    patched = copy.deepcopy(model.config, memo)
-    for config, patch in plans.values():
-        if id(config) not in memo:
-            return []  # a rotary config the model's own config does not hold: nothing to rebuild from
-        _apply_config(memo[id(config)], patch)
-    rotary = [t.name for t in targets]
-
-    def numbers(config: Any) -> dict[str, dict[str, Any]]:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fresh = type(model)(config)
-        return {name: {k: v for k, v in vars(module).items() if type(v) in (int, float)}
-                for name, module in fresh.named_modules()
-                if not any(name == r or name.startswith(r + ".") for r in rotary)}
-
-    try:
-        before = numbers(copy.deepcopy(model.config))
-    except Exception:
-        return []  # a model stock transformers cannot build on the meta device: nothing to compare
-    try:
-        after = numbers(patched)
-    except Exception as err:
-        raise RopeConfigError(
-            f"Stock transformers cannot build a {model.config.model_type!r} model from the patched config "
-            f"({type(err).__name__}: {first_line(err)}), so a saved checkpoint would not load; try ntk or yarn."
-        ) from None
-    live = dict(model.named_modules())
-    updates = []
-    for name, values in after.items():
-        module = live.get(name)
-        for key, value in values.items():
-            built = before.get(name, {}).get(key)
-            if module is not None and built is not None and value != built and getattr(module, key, None) == built:
-                updates.append((module, key, value))
-    return updates
-
-
 def _stock_init_fn(module: nn.Module, rope_type: str) -> Any:
     """The frequency function a stock module of this class picks for `rope_type` (as its __init__ does)."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -311,10 +230,7 @@ def _dynamic_yarn_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
     if state["seq_len"].get(layer_type) == seq_len:
         return
     inv_freq, scale = compute_inv_freq(seq_len=seq_len, **state["args"][layer_type])
-    prefix = _prefix(layer_type)
-    buffer = getattr(module, f"{prefix}inv_freq")
-    module.register_buffer(f"{prefix}inv_freq", inv_freq.to(buffer.device), persistent=False)
-    setattr(module, f"{prefix}attention_scaling", scale)
+    set_frequencies(module, layer_type, inv_freq, scale, rebuild=False)
     state["seq_len"][layer_type] = seq_len
 
 
@@ -361,14 +277,9 @@ def apply_patch(model: nn.Module, patch: RopePatch) -> nn.Module:
     return _patch(model, patch.scaling, planned)
 
 
-def has_dynamic_yarn_hook(module: nn.Module) -> bool:
-    """True when `patch_model` gave this rotary module the dynamic-yarn hook (frequencies follow the length)."""
-    return hasattr(module, "_ctxext_dynamic")
-
-
 def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], RopePatch]) -> nn.Module:
     """Plan (`plan(layout)` per rotary config), check everything, then apply: the body of patch_model and apply_patch."""
-    targets = _rotary_modules(model)
+    targets = rotary_modules(model)
     if not targets:
         config = getattr(model, "config", None)
         if config is not None:
@@ -392,7 +303,7 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
         layout = patch.layout
         expected = {}
         # a per-layer-type module holds buffers only for the layer types the model uses
-        used = [t for t in layout.targets if isinstance(getattr(target.module, f"{_prefix(t)}inv_freq", None), torch.Tensor)]
+        used = [t for t in layout.targets if serves(target.module, t)]
         for layer_type in used:
             _check_module(target, layout, layer_type)
             stored = _stored(patch, layer_type)
@@ -411,7 +322,8 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
                 args, (inv_freq, scale) = None, expected[layer_type]
             updates.append((target, patch, layer_type, inv_freq, scale, args))
         _check_stock_reading(target, patch, expected)
-    derived = _derived_updates(model, targets, plans)
+    derived = derived_updates(model, targets, [(config, lambda c, p=patch: _apply_config(c, p))
+                                               for config, patch in plans.values()])
 
     # 2. apply
     if scaling.method == "dynamic-yarn" and not scaling.is_identity:
@@ -430,14 +342,8 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
         setattr(module, key, value)
     dynamic_args: dict[int, dict] = {}
     for target, patch, layer_type, inv_freq, scale, args in updates:
-        module, prefix = target.module, _prefix(layer_type)
-        device = getattr(module, f"{prefix}inv_freq").device
-        module.register_buffer(f"{prefix}inv_freq", inv_freq.to(device), persistent=False)
-        if hasattr(module, f"{prefix}original_inv_freq"):
-            module.register_buffer(f"{prefix}original_inv_freq", inv_freq.clone().to(device), persistent=False)
-        setattr(module, f"{prefix}attention_scaling", scale)
-        if hasattr(module, f"{prefix}long_inv_freq"):
-            delattr(module, f"{prefix}long_inv_freq")  # stock longrope caches it; rebuilt from the new config
+        module = target.module
+        set_frequencies(module, layer_type, inv_freq, scale)
         rope_type = patch.rope[layer_type]["rope_type"]
         if args is not None and not patch.scaling.is_identity:
             rope_type = "yarn"  # dynamic-yarn's hook sets the frequencies; stock's own run-time update must not
@@ -447,7 +353,7 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
             module.rope_type[layer_type] = rope_type
         if hasattr(module, "rope_init_fn"):  # modules that rebuild their frequencies from the config each forward
             module.rope_init_fn = _stock_init_fn(module, rope_type)
-        for attr in ("max_seq_len_cached", "original_max_seq_len", f"{prefix}max_seq_len_cached"):
+        for attr in ("max_seq_len_cached", "original_max_seq_len", f"{prefix(layer_type)}max_seq_len_cached"):
             if hasattr(module, attr):
                 setattr(module, attr, patch.max_position_embeddings)
         if args is not None and not patch.scaling.is_identity:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import CtxextError
-from ..patching.model import _prefix, _rotary_modules
+from ..patching.rotary import frequencies, rotary_modules, serves, set_frequencies
 from ..rope.functions import longrope
 from ..rope.layout import RopeLayout, read_layout
 from ..lm_head import IGNORE_INDEX, chunked_head_loss, decoder_hidden, default_chunk_size, own_head
@@ -42,7 +42,7 @@ def longrope_inv_freq(dim: int, rope_theta: float, factors: Sequence[float]) -> 
 @dataclass
 class _Buffer:
     module: Any
-    prefix: str
+    layer_type: str | None
     rope_theta: float
     inv_freq: torch.Tensor  # the model's own, to restore
     attention_scaling: float
@@ -65,20 +65,18 @@ class FrequencyEvaluator:
         self.batch_tokens = batch_tokens
         self.dim = self.layout.rotary_dim
         self.buffers: list[_Buffer] = []
-        for target in _rotary_modules(model):
+        for target in rotary_modules(model):
             for layer_type in self.layout.targets:
-                prefix = _prefix(layer_type)
-                buffer = getattr(target.module, f"{prefix}inv_freq", None)
-                if not isinstance(buffer, torch.Tensor):
+                if not serves(target.module, layer_type):
                     continue  # a per-layer-type module without layers of this type
+                buffer, scaling = frequencies(target.module, layer_type)
                 if buffer.shape != (self.dim // 2,):
                     raise CtxextError(
                         f"ctxext does not recognise the rotary embedding {type(target.module).__name__}: it holds "
                         f"{buffer.numel()} frequencies where the config implies {self.dim // 2}."
                     )
                 theta = float(self.layout.rope[layer_type]["rope_theta"])
-                scaling = float(getattr(target.module, f"{prefix}attention_scaling"))
-                self.buffers.append(_Buffer(target.module, prefix, theta, buffer.detach().clone(), scaling))
+                self.buffers.append(_Buffer(target.module, layer_type, theta, buffer.detach().clone(), scaling))
         if not self.buffers:
             raise CtxextError(f"Model {self.layout.model_type!r} has no rotary embedding module ctxext can search.")
         self.device = self.buffers[0].inv_freq.device
@@ -98,15 +96,12 @@ class FrequencyEvaluator:
         None restores the model's own frequencies and attention scale.
         """
         for b in self.buffers:
-            buffer = getattr(b.module, f"{b.prefix}inv_freq")
             if candidate is None:
                 inv_freq, scaling = b.inv_freq, b.attention_scaling
             else:
                 factors = [1.0] * self.n if short else candidate.long_factor
                 inv_freq, scaling = longrope_inv_freq(self.dim, b.rope_theta, factors), candidate.attention_factor
-            with torch.no_grad():
-                buffer.copy_(inv_freq.to(buffer.device))
-            setattr(b.module, f"{b.prefix}attention_scaling", scaling)
+            set_frequencies(b.module, b.layer_type, inv_freq, scaling, rebuild=False)
 
     def restore(self) -> None:
         self.set(None)
