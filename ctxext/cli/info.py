@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     original = summary["original_max_position_embeddings"]
     print(f"original window   {original:,}" if original else "original window   not recorded")
     print(f"effective window  {summary['window']:,}")
+    print(f"attention scale   {summary['attention_scale']['where']}")
     for note in summary["readers"]:
         print(f"warning: {note}")
     if rows is not None:

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from .. import __version__
 from ..loading import is_hub_id
+from ..rope.layout import attention_scales
 from ..rope.methods import METHODS
 from ..rope.plan import RopePatch
 from ..rope.readers import READER_VERSIONS
@@ -65,6 +66,12 @@ def render_model_card(
         ("rope_type written", f"`{patch.rope_parameters.get('rope_type', 'per layer type')}`"),
         ("max_position_embeddings", f"{patch.max_position_embeddings:,}"),
     ]
+    main = patch.rope[patch.layout.targets[0]]
+    cos_sin, softmax = attention_scales(patch.layout.model_type, main, patch.max_position_embeddings)
+    scale = f"cos/sin of the {patch.layout.rotary_dim} rotary dims x{cos_sin:.4f}"
+    if softmax != 1.0:
+        scale += f"; softmax over the whole head x{softmax:.4f} (mscale_all_dim, set when the model is built)"
+    rows.append(("attention scale", scale))
     if params:
         rows.append(("parameters", ", ".join(f"`{k}={_value(v)}`" for k, v in params.items())))
     if patch.layout.nested:

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from ..io import save_figure
 from ..rope.methods import Scaling, resolve
-from ..rope.layout import RopeLayout, read_layout
+from ..rope.layout import RopeLayout, attention_scales, read_layout
 from ..rope.readers import reader_notes
 
 #: file kinds `ctxext info --plot` writes (matplotlib's, less those that need LaTeX or are raw buffers)
@@ -40,9 +40,21 @@ def describe(config: Mapping[str, Any]) -> dict[str, Any]:
         "window": layout.window,
         "max_position_embeddings": layout.max_position_embeddings,
         "ctxext": dict(layout.metadata) if layout.metadata else None,
+        "attention_scale": attention_scale(layout),
         # one sentence per reader that runs this config differently from transformers v5
         "readers": reader_notes(config),
     }
+
+
+def attention_scale(layout: RopeLayout) -> dict[str, Any]:
+    """Where the rope config's attention scale goes, as stock transformers runs it: cos/sin of the rotary dims
+    (`cos_sin`, so q.k over those dims by its square) and the softmax over the whole head (`softmax`, DeepSeek and
+    the other families that fold mscale_all_dim into it), with one sentence saying so."""
+    cos_sin, softmax = attention_scales(layout.model_type, layout.main, layout.max_position_embeddings)
+    where = f"cos/sin of the {layout.rotary_dim} rotary dims x{cos_sin:.4f}"
+    if softmax != 1.0:
+        where += f"; softmax over the whole {layout.model_type} head x{softmax:.4f} (mscale_all_dim)"
+    return {"cos_sin": cos_sin, "softmax": softmax, "where": where}
 
 
 def _kind(ratio: float, factor: float) -> str:

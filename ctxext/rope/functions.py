@@ -102,8 +102,14 @@ def yarn(
     beta_fast: float = 32.0,
     beta_slow: float = 1.0,
     attention_factor: float | None = None,
+    mscale: float | None = None,
+    mscale_all_dim: float | None = None,
 ):
-    """YaRN (arXiv 2309.00071): per-dim blend of theta_i and theta_i / s, cos/sin scaled by 0.1*ln(s)+1."""
+    """YaRN (arXiv 2309.00071): per-dim blend of theta_i and theta_i / s, cos/sin scaled by 0.1*ln(s)+1.
+
+    With `mscale` and `mscale_all_dim` (DeepSeek's spelling) cos/sin are scaled by their ratio instead (see
+    ctxext.rope.methods.yarn_attention_factor); an explicit `attention_factor` wins over both, as in transformers.
+    """
     if is_identity(factor):
         return default_inv_freq(dim, rope_theta), 1.0 if attention_factor is None else attention_factor
     position_scale = rope_theta ** (torch.arange(0, dim, 2).to(dtype=torch.float) / dim)  # [dim/2], 1/theta_i
@@ -112,7 +118,7 @@ def yarn(
     # share of each dim that keeps its original frequency (1 - ramp)
     extrapolation = 1 - yarn_ramp(dim, rope_theta, original_max_position_embeddings, beta_fast, beta_slow)
     inv_freq = interpolated * (1 - extrapolation) + kept * extrapolation
-    scale = yarn_attention_factor(factor) if attention_factor is None else attention_factor
+    scale = yarn_attention_factor(factor, mscale, mscale_all_dim) if attention_factor is None else attention_factor
     return inv_freq, scale
 
 

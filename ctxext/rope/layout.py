@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import CtxextError
-from .methods import scaled_window
+from .methods import longrope_attention_factor, scaled_window, yarn_attention_factor, yarn_softmax_factor
 
 NO_ROPE = {
     "gpt2": "learned absolute position embeddings",
@@ -35,7 +35,39 @@ LOCAL_LAYER_TYPES = ("sliding_attention", "chunked_attention")
 #: vLLM does not multiply max_position_embeddings by factor for these model types
 WINDOW_IS_SCALED_TYPES = ("gemma3", "gemma3_text")
 
+#: model types whose attention folds YaRN's yarn_mscale(factor, mscale_all_dim)^2 into its softmax scale when it is
+#: built (transformers' yarn_apply_mscale: DeepSeek and the other MLA families), so the rope config reaches the whole
+#: head, not only cos/sin of the rotary dims; tests/rope check the list against the installed transformers
+SOFTMAX_MSCALE_TYPES = frozenset({
+    "axk1", "axk2", "bailing_hybrid", "deepseek_v2", "deepseek_v3", "deepseek_v32", "glm4_moe_lite", "glm_moe_dsa",
+    "hy_v4", "hy_v4_vl", "hy_v4_vl_text", "longcat_flash", "minicpm3", "mistral4", "mistral_large4",
+    "mistral_large4_text", "youtu",
+})
+
 GLOBAL = None  # the layer-type key of a model with one rope for all layers
+
+
+def attention_scales(model_type: str, rope: Mapping[str, Any], max_position_embeddings: int | None = None
+                     ) -> tuple[float, float]:
+    """(cos/sin scale of the rotary dims, factor on the whole-head softmax scale) that stock transformers derives
+    from one rope dict of `model_type`: the two places a rope config's attention scale can go."""
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    factor = rope.get("factor")
+    original = rope.get("original_max_position_embeddings")
+    if factor is None and original and max_position_embeddings:
+        factor = max_position_embeddings / original  # transformers' yarn reads the ratio when factor is absent
+    factor = float(factor or 1.0)
+    explicit = rope.get("attention_factor")
+    cos_sin = 1.0
+    if kind == "yarn":
+        cos_sin = explicit if explicit is not None else yarn_attention_factor(
+            factor, rope.get("mscale"), rope.get("mscale_all_dim"))
+    elif kind == "longrope" and original:
+        cos_sin = explicit if explicit is not None else longrope_attention_factor(factor, original)
+    softmax = 1.0
+    if kind != "default" and model_type in SOFTMAX_MSCALE_TYPES:
+        softmax = yarn_softmax_factor(factor, rope.get("mscale_all_dim"))
+    return float(cos_sin), float(softmax)
 
 
 def recorded_window(record: Mapping[str, Any]) -> int:
@@ -287,6 +319,12 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
     else:
         # v5 lets a v4 rope_scaling win over rope_parameters, then fills theta from the top level
         params = dict(rope_scaling or rope_parameters or {})
+        if rope_scaling and isinstance(rope_parameters, Mapping):
+            # the v4 spelling holds neither theta nor partial rotary (ctxext writes them top-level and in v5's
+            # rope_parameters): a stock Phi-3 config validates a rope dict without partial_rotary_factor as a KeyError
+            for key in ("rope_theta", "partial_rotary_factor"):
+                if rope_parameters.get(key) is not None:
+                    params.setdefault(key, rope_parameters[key])
         if rope_theta is not None:
             params.setdefault("rope_theta", rope_theta)
         if partial is not None:
@@ -345,7 +383,7 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
 STOCK_METHODS = {
     "linear": ("pi", ()),
     "dynamic": ("dynamic-ntk", ()),
-    "yarn": ("yarn", ("beta_fast", "beta_slow", "attention_factor")),
+    "yarn": ("yarn", ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim")),
     "llama3": ("llama3", ("low_freq_factor", "high_freq_factor")),
     "longrope": ("longrope", ("long_factor", "short_factor", "attention_factor")),
 }

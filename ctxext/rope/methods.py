@@ -67,8 +67,9 @@ METHODS: Mapping[str, Method] = MappingProxyType(
             ),
             Method(
                 "yarn",
-                "NTK-by-parts plus cos/sin scaled by 0.1*ln(factor)+1 (Peng et al. 2023)",
-                params={**_YARN_PARAMS, "attention_factor": None},
+                "NTK-by-parts plus YaRN's attention scale 0.1*ln(factor)+1 (Peng et al. 2023): on cos/sin, or "
+                "with mscale / mscale_all_dim as transformers reads them (DeepSeek: the whole-head softmax)",
+                params={**_YARN_PARAMS, "attention_factor": None, "mscale": None, "mscale_all_dim": None},
                 rope_type="yarn",
             ),
             Method(
@@ -275,8 +276,9 @@ def resolve(
                 f"beta_fast must be greater than beta_slow and both positive, got "
                 f"beta_fast={values['beta_fast']:g}, beta_slow={values['beta_slow']:g}."
             )
-    if values.get("attention_factor") is not None and values["attention_factor"] <= 0:
-        raise CtxextError(f"attention_factor must be positive, got {values['attention_factor']:g}.")
+    for name in ("attention_factor", "mscale", "mscale_all_dim"):
+        if values.get(name) is not None and values[name] <= 0:
+            raise CtxextError(f"{name} must be positive, got {values[name]:g}.")
     if "low_freq_factor" in values:
         if not 0 < values["low_freq_factor"] < values["high_freq_factor"]:
             raise CtxextError(
@@ -287,9 +289,30 @@ def resolve(
     return Scaling(spec.name, factor, MappingProxyType(values), window)
 
 
-def yarn_attention_factor(factor: float) -> float:
-    """YaRN's recommended cos/sin scale, 0.1*ln(s)+1 (Peng et al. 2023, eq. 22); 1 for s <= 1."""
-    return 1.0 if is_identity(factor) else 0.1 * math.log(factor) + 1.0
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude scale 0.1*mscale*ln(s)+1 (Peng et al. 2023, eq. 22; transformers' yarn_get_mscale); 1 for s <= 1."""
+    return 1.0 if is_identity(factor) else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_attention_factor(factor: float, mscale: float | None = None, mscale_all_dim: float | None = None) -> float:
+    """YaRN's cos/sin scale as transformers derives it when no attention_factor is given.
+
+    With both `mscale` and `mscale_all_dim` set (DeepSeek's spelling): yarn_mscale(s, mscale) /
+    yarn_mscale(s, mscale_all_dim), because those families put yarn_mscale(s, mscale_all_dim)^2 into the
+    softmax over the whole head (`yarn_softmax_factor`) and cos/sin carry only the rest; else 0.1*ln(s)+1.
+    """
+    if mscale and mscale_all_dim:
+        return yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+    return yarn_mscale(factor)
+
+
+def yarn_softmax_factor(factor: float, mscale_all_dim: float | None) -> float:
+    """What a model type that reads mscale_all_dim at construction (DeepSeek and the other MLA families,
+    transformers' yarn_apply_mscale) multiplies its attention softmax scale by: yarn_mscale(s, mscale_all_dim)^2,
+    or 1 without mscale_all_dim."""
+    if not mscale_all_dim:
+        return 1.0
+    return yarn_mscale(factor, mscale_all_dim) ** 2
 
 
 def longrope_attention_factor(factor: float, original_max_position_embeddings: int) -> float:
@@ -306,7 +329,8 @@ def attention_factor(scaling: "Scaling") -> float:
     if scaling.params.get("attention_factor") is not None:
         return float(scaling.params["attention_factor"])
     if scaling.method in ("yarn", "dynamic-yarn"):
-        return yarn_attention_factor(scaling.factor)
+        p = scaling.params
+        return yarn_attention_factor(scaling.factor, p.get("mscale"), p.get("mscale_all_dim"))
     if scaling.method == "longrope":
         return longrope_attention_factor(scaling.factor, scaling.original_max_position_embeddings)
     return 1.0

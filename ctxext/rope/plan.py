@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .._compat import speaks_transformers_v4
-from .layout import GLOBAL, WINDOW_IS_SCALED_TYPES, RopeConfigError, RopeLayout
+from .layout import GLOBAL, SOFTMAX_MSCALE_TYPES, WINDOW_IS_SCALED_TYPES, RopeConfigError, RopeLayout
 from .methods import Scaling, attention_factor, longrope_attention_factor, ntk_rope_theta
 from .readers import LLAMA_CPP_LLAMA3_TYPES
 
@@ -100,6 +100,40 @@ ORIGINAL_READERS = ("llama_4_scaling_beta",)
 
 #: model types whose transformers v4 config takes a rope_scaling of exactly type, short_factor, long_factor
 V4_THREE_KEY_LONGROPE = frozenset({"phi3"})
+
+
+#: YaRN's mscale / mscale_all_dim on a model type that reads mscale_all_dim at construction and whose config
+#: carries none: DeepSeek V3's (also V3.2's, GLM-MoE-DSA's, Mistral 4's). Equal values put cos/sin at 1 and YaRN's
+#: whole temperature (0.1 ln s + 1)^2 on the softmax over the whole head, the logit scale YaRN's paper prescribes
+#: for all of q.k; on MLA cos/sin reach only the rotary part of each head, so the generic spelling would scale
+#: only that part
+FAMILY_YARN_MSCALE = {"mscale": 1.0, "mscale_all_dim": 1.0}
+YARN_MSCALE_KEYS = tuple(FAMILY_YARN_MSCALE)
+
+
+def family_yarn(layout: RopeLayout, scaling: Scaling) -> Scaling:
+    """`scaling` with the mscale / mscale_all_dim that yarn means on this model type filled in.
+
+    Given ones win, each on its own. Otherwise the config's own pair (a shipped DeepSeek V2's 0.707 / 0.707, Ministral 3's 1 / 1)
+    is kept across a replace, except on a type without a softmax temperature when attention_factor is given
+    (it overrides the cos/sin scale the pair would set, and the pair then means nothing); and a type that reads
+    mscale_all_dim at construction gets FAMILY_YARN_MSCALE, its family's own spelling of yarn.
+    """
+    if scaling.method != "yarn" or scaling.is_identity:
+        return scaling
+    params = dict(scaling.params)
+    softmax = layout.model_type in SOFTMAX_MSCALE_TYPES
+    keep_shipped = softmax or params.get("attention_factor") is None
+    for key in YARN_MSCALE_KEYS:  # one given (--mscale 0.5) keeps the other as shipped or as the family's
+        if params.get(key) is not None:
+            continue
+        if keep_shipped and layout.main.get(key) is not None:
+            params[key] = float(layout.main[key])
+        elif softmax:
+            params[key] = FAMILY_YARN_MSCALE[key]
+    if params == dict(scaling.params):
+        return scaling
+    return Scaling(scaling.method, scaling.factor, params, scaling.original_max_position_embeddings)
 
 
 class _Remove:
@@ -235,6 +269,7 @@ def _rope_dict(
             new["attention_factor"] = 1.0
         elif p.get("attention_factor") is not None:
             new["attention_factor"] = float(p["attention_factor"])
+        new.update({k: float(p[k]) for k in YARN_MSCALE_KEYS if p.get(k) is not None})
     elif method == "llama3":
         new.update(rope_type="llama3", factor=s, original_max_position_embeddings=L0)
         new.update(low_freq_factor=p["low_freq_factor"], high_freq_factor=p["high_freq_factor"])
@@ -299,6 +334,7 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
                 "with; pass original_max_position_embeddings (CLI: --original-max-position-embeddings)."
             )
         scaling = scaling.with_window(original)
+    scaling = family_yarn(layout, scaling)
     recorded = (layout.metadata or {}).get("rope_theta", {})
     rope: dict[str | None, dict[str, Any] | None] = {}
     thetas: dict[str | None, float] = {}

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .._compat import speaks_transformers_v4
-from .layout import WINDOW_IS_SCALED_TYPES, RopeConfigError, read_layout
-from .methods import longrope_attention_factor, yarn_attention_factor
+from .layout import SOFTMAX_MSCALE_TYPES, WINDOW_IS_SCALED_TYPES, RopeConfigError, attention_scales, read_layout
+from .methods import longrope_attention_factor, yarn_attention_factor, yarn_mscale
 
 #: the readers the table speaks about, with the versions the rules were measured on
 READER_VERSIONS = {
@@ -32,7 +32,8 @@ READER_VERSIONS = {
 }
 
 #: llama.cpp's GGUF architecture name where it differs from the model type (its --override-kv keys use it)
-GGUF_ARCH = {"mistral": "llama", "gemma3_text": "gemma3", "gpt_neox": "gptneox", "cohere": "command-r"}
+GGUF_ARCH = {"mistral": "llama", "gemma3_text": "gemma3", "gpt_neox": "gptneox", "cohere": "command-r",
+             "deepseek_v2": "deepseek2", "deepseek_v3": "deepseek2", "ministral3": "mistral3"}
 
 #: model types whose longrope factors llama.cpp's converter keeps (as rope_factors_long/short tensors)
 LLAMA_CPP_LONGROPE_TYPES = ("phi3", "phimoe", "minicpm")
@@ -43,6 +44,21 @@ LLAMA_CPP_LLAMA3_TYPES = ("llama", "mistral", "mixtral")
 
 #: model types whose llama.cpp conversion writes no rope_theta and no scaling at all
 LLAMA_CPP_PLAIN_ROPE_TYPES = ("gpt_neox",)
+
+
+#: model types vLLM serves with its DeepSeek attention (models/deepseek_v2.py): every rope type but default becomes
+#: `deepseek_yarn`, which scales cos/sin by yarn_mscale(s, mscale) / yarn_mscale(s, mscale_all_dim) (mscale 1 and
+#: mscale_all_dim 0 when absent, attention_factor ignored) and the softmax by yarn_mscale(s, mscale_all_dim)^2, or
+#: `deepseek_llama_scaling` when attention_factor is 1.0 (the same cos/sin, no softmax temperature)
+VLLM_DEEPSEEK_YARN_TYPES = ("deepseek_v2", "deepseek_v3", "glm4_moe_lite", "longcat_flash")
+
+#: model types that read mscale_all_dim in transformers but whose vLLM attention never puts it into the softmax
+VLLM_NO_SOFTMAX_MSCALE_TYPES = ("minicpm3",)
+
+#: how llama.cpp's converter and runtime read YaRN's mscale pair, by model type: DeepSeek V2/V3 (its DEEPSEEK2
+#: architecture) write mscale_all_dim alone (yarn_log_multiplier) and take mscale to equal it; Ministral 3 writes
+#: mscale_all_dim alone and takes mscale to be 1; every other converter drops both (cos/sin by 0.1 ln s + 1)
+LLAMA_CPP_MSCALE = {"deepseek_v2": "mscale_all_dim", "deepseek_v3": "mscale_all_dim", "ministral3": 1.0}
 
 
 class ReaderWarning(UserWarning):
@@ -91,6 +107,47 @@ def _longrope_attention(w: Written) -> float | None:
         return None
     derived = longrope_attention_factor(w.max_position_embeddings / w.L0, w.L0)
     return None if math.isclose(value, derived) else float(value)
+
+
+def _mscale_pair(w: Written) -> bool:
+    return w.rope_type == "yarn" and any(w.rope.get(k) for k in ("mscale", "mscale_all_dim"))
+
+
+def _transformers_scales(w: Written) -> tuple[float, float]:
+    """(cos/sin scale, softmax factor) stock transformers derives from the config (ctxext.rope.layout)."""
+    return attention_scales(w.model_type, w.rope, w.max_position_embeddings)
+
+
+def _vllm_deepseek_scales(w: Written) -> tuple[float, float]:
+    """(cos/sin scale, softmax factor) vLLM's deepseek_yarn / deepseek_llama_scaling derive from a yarn config."""
+    s, mscale_all_dim = w.factor, float(w.rope.get("mscale_all_dim") or 0.0)
+    cos_sin = yarn_mscale(s, float(w.rope.get("mscale", 1.0))) / yarn_mscale(s, mscale_all_dim)
+    softmax = 1.0 if w.rope.get("attention_factor") == 1.0 else yarn_mscale(s, mscale_all_dim) ** 2
+    return cos_sin, softmax
+
+
+def _vllm_deepseek_differs(w: Written) -> bool:
+    if w.model_type not in VLLM_DEEPSEEK_YARN_TYPES or w.rope_type != "yarn":
+        return False
+    return not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(_vllm_deepseek_scales(w), _transformers_scales(w)))
+
+
+def _llama_cpp_cos_sin(w: Written) -> float:
+    """The cos/sin scale llama.cpp derives from a yarn config without attention_factor (see LLAMA_CPP_MSCALE)."""
+    rule = LLAMA_CPP_MSCALE.get(w.model_type)
+    mscale_all_dim = float(w.rope.get("mscale_all_dim") or 0.0)
+    if rule is None or not mscale_all_dim:
+        return yarn_mscale(w.factor)
+    mscale = mscale_all_dim if rule == "mscale_all_dim" else float(rule)
+    return yarn_mscale(w.factor, mscale) / yarn_mscale(w.factor, mscale_all_dim)
+
+
+def _llama_cpp_mscale_differs(w: Written) -> bool:
+    if not _mscale_pair(w) or w.rope.get("attention_factor") is not None:
+        return False  # an explicit attention_factor has its own rule
+    if w.model_type in SOFTMAX_MSCALE_TYPES and w.model_type not in LLAMA_CPP_MSCALE:
+        return False  # not measured
+    return not math.isclose(_llama_cpp_cos_sin(w), _transformers_scales(w)[0], rel_tol=1e-6)
 
 
 def _betas(w: Written) -> bool:
@@ -167,6 +224,35 @@ READER_RULES: tuple[ReaderRule, ...] = (
         f"factor, or run llama.cpp with --override-kv {GGUF_ARCH.get(w.model_type, w.model_type)}"
         ".rope.scaling.attn_factor=float:"
         f"{_yarn_attention(w) / yarn_attention_factor(w.factor):.6f}.",
+    ),
+    ReaderRule(
+        "llama.cpp",
+        _llama_cpp_mscale_differs,
+        lambda w: f"scales cos/sin by {_llama_cpp_cos_sin(w):.4f}, not the {_transformers_scales(w)[0]:.4f} that mscale "
+        f"{w.rope.get('mscale', 'unset')} / mscale_all_dim {w.rope.get('mscale_all_dim', 'unset')} give in transformers"
+        + (" (its converter drops both)" if w.model_type not in LLAMA_CPP_MSCALE else "")
+        + f"; run llama.cpp with --override-kv {GGUF_ARCH.get(w.model_type, w.model_type)}.rope.scaling.attn_factor="
+        f"float:{_transformers_scales(w)[0] / _llama_cpp_cos_sin(w):.6f}.",
+    ),
+    ReaderRule(
+        "vLLM",
+        lambda w: w.model_type in VLLM_DEEPSEEK_YARN_TYPES and w.rope_type not in ("default", "yarn"),
+        lambda w: f"serves every scaled rope type of {w.model_type} as DeepSeek's YaRN (deepseek_yarn), not as "
+        f"{w.rope_type}; use yarn (or ntk) for vLLM.",
+    ),
+    ReaderRule(
+        "vLLM",
+        _vllm_deepseek_differs,
+        lambda w: f"serves {w.model_type}'s yarn as DeepSeek's YaRN, which reads only mscale / mscale_all_dim: cos/sin "
+        f"x{_vllm_deepseek_scales(w)[0]:.4f} and softmax x{_vllm_deepseek_scales(w)[1]:.4f} where transformers uses "
+        f"x{_transformers_scales(w)[0]:.4f} and x{_transformers_scales(w)[1]:.4f}; use yarn without attention_factor "
+        "for vLLM.",
+    ),
+    ReaderRule(
+        "vLLM",
+        lambda w: w.model_type in VLLM_NO_SOFTMAX_MSCALE_TYPES and _transformers_scales(w)[1] != 1.0,
+        lambda w: f"builds {w.model_type}'s attention without the softmax temperature x{_transformers_scales(w)[1]:.4f} "
+        "that mscale_all_dim sets in transformers; for vLLM use ntk-by-parts (no attention scale), which both run alike.",
     ),
     ReaderRule(
         "llama.cpp",

@@ -260,3 +260,51 @@ def test_bad_numbers_are_refused():
         compute_inv_freq("yarn", 64, 0.5, 8, 4096)
     with pytest.raises(ValueError, match="factor must be >= 1"):
         compute_inv_freq("yarn", 64, 10000.0, 0.5, 4096)
+
+
+@pytest.mark.parametrize("factor", [1.0, 1.5, 4.0, 40.0])
+@pytest.mark.parametrize("mscale, mscale_all_dim, attention_factor", [
+    (None, None, None), (1.0, 1.0, None), (0.707, 0.707, None), (1.0, 0.5, None), (0.8, None, None),
+    (None, 1.0, None), (1.0, 1.0, 1.3),
+])
+def test_yarn_attention_factor_is_transformers_own(factor, mscale, mscale_all_dim, attention_factor):
+    """ctxext's yarn with mscale / mscale_all_dim (DeepSeek's spelling) gives stock _compute_yarn_parameters' cos/sin
+    scale and frequencies, bit for bit: both only when both are set, an explicit attention_factor over everything.
+    (Factor 1 is ctxext's identity, written as default rope, whatever attention_factor says.)"""
+    if factor == 1 and attention_factor is not None:
+        pytest.skip("factor 1 is the identity in ctxext (default rope written)")
+    extra = {k: v for k, v in dict(mscale=mscale, mscale_all_dim=mscale_all_dim,
+                                   attention_factor=attention_factor).items() if v is not None}
+    rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": factor, "original_max_position_embeddings": 64,
+            **extra}
+    config = LlamaConfig(hidden_size=256, num_attention_heads=4, max_position_embeddings=int(64 * factor),
+                         rope_parameters=rope)
+    stock_inv_freq, stock_scale = ROPE_INIT_FUNCTIONS["yarn"](config, "cpu")
+    inv_freq, scale = compute_inv_freq("yarn", 64, 10000.0, factor, 64, **extra)
+    assert scale == stock_scale
+    if factor > 1:
+        torch.testing.assert_close(inv_freq, stock_inv_freq, rtol=0, atol=0)
+
+
+def test_the_softmax_mscale_types_are_those_transformers_builds_with_yarn_apply_mscale():
+    """SOFTMAX_MSCALE_TYPES lists every model type whose stock attention calls yarn_apply_mscale when it is built."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import transformers.models
+    from transformers import CONFIG_MAPPING
+
+    from ctxext.rope.layout import SOFTMAX_MSCALE_TYPES
+
+    found = set()
+    for info in pkgutil.iter_modules(transformers.models.__path__):
+        try:
+            modeling = importlib.import_module(f"transformers.models.{info.name}.modeling_{info.name}")
+        except Exception:
+            continue
+        if "yarn_apply_mscale(" not in inspect.getsource(modeling):
+            continue
+        found |= {t for t, cls in CONFIG_MAPPING.items()
+                  if cls.__module__.startswith(f"transformers.models.{info.name}.") and not t.endswith("_vision")}
+    assert found and found <= SOFTMAX_MSCALE_TYPES, found - SOFTMAX_MSCALE_TYPES

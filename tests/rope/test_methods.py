@@ -21,7 +21,8 @@ def test_aliases_resolve_to_one_name(spelling, canonical):
 
 def test_defaults_are_filled_in():
     scaling = resolve("yarn", 8)
-    assert dict(scaling.params) == {"beta_fast": 32.0, "beta_slow": 1.0, "attention_factor": None}
+    assert dict(scaling.params) == {"beta_fast": 32.0, "beta_slow": 1.0, "attention_factor": None, "mscale": None,
+                                    "mscale_all_dim": None}
     assert dict(resolve("llama3", 8).params) == {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
     assert resolve("yarn", 8, beta_fast=16).params["beta_fast"] == 16.0
 

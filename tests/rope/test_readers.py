@@ -140,3 +140,62 @@ def test_each_note_is_one_sentence_and_names_a_tested_reader():
     for note in notes:
         assert note.endswith(".") and "\n" not in note and note.count(". ") == 0, note
         assert any(note.startswith(reader) for reader in READER_VERSIONS), note
+
+
+DEEPSEEK_V3 = {"model_type": "deepseek_v3", "hidden_size": 7168, "num_attention_heads": 128, "head_dim": 64,
+               "qk_rope_head_dim": 64, "max_position_embeddings": 163840,
+               "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 40.0, "mscale": 1.0,
+                                   "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+                                   "beta_fast": 32, "beta_slow": 1}}
+DEEPSEEK_V2 = DEEPSEEK_V3 | {"model_type": "deepseek_v2", "rope_parameters": DEEPSEEK_V3["rope_parameters"] | {
+    "mscale": 0.707, "mscale_all_dim": 0.707}}
+MINISTRAL3 = {"model_type": "ministral3", "hidden_size": 5120, "num_attention_heads": 32, "head_dim": 128,
+              "max_position_embeddings": 262144,
+              "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 16.0, "mscale": 1.0,
+                                  "mscale_all_dim": 1.0, "original_max_position_embeddings": 16384,
+                                  "beta_fast": 32.0, "beta_slow": 1.0, "llama_4_scaling_beta": 0.1}}
+
+
+def replaced(config, method, **params):
+    return patched_config_dict(config, plan_patch(read_layout(config), resolve(method, 8, **params), replace=True))
+
+
+@pytest.mark.parametrize("config", [DEEPSEEK_V3, DEEPSEEK_V2, MINISTRAL3])
+def test_the_family_spelling_of_yarn_gets_no_warning(config):
+    """DeepSeek's mscale = mscale_all_dim (vLLM's deepseek_yarn, llama.cpp's deepseek2) and Ministral 3's 1 / 1
+    (llama.cpp's mistral3) run in every reader as in transformers."""
+    out = replaced(config, "yarn")
+    rope = out["rope_parameters"]
+    assert (rope["mscale"], rope["mscale_all_dim"]) == (config["rope_parameters"]["mscale"],) * 2
+    assert reader_notes(out) == []
+
+
+def test_vllm_runs_every_scaled_deepseek_rope_as_deepseek_yarn():
+    for method in ("pi", "llama3"):
+        notes = [n for n in reader_notes(replaced(DEEPSEEK_V3, method)) if n.startswith("vLLM")]
+        assert len(notes) == 1 and "as DeepSeek's YaRN (deepseek_yarn)" in notes[0]
+    # ntk-by-parts (attention_factor 1.0) becomes deepseek_llama_scaling, whose cos/sin scale is YaRN's own
+    notes = reader_notes(replaced(DEEPSEEK_V3, "ntk-by-parts"))
+    assert any(n.startswith("vLLM") and "cos/sin x1.2079" in n for n in notes), notes
+    notes = reader_notes(replaced(DEEPSEEK_V3, "yarn", attention_factor=1.5))
+    assert any(n.startswith("vLLM") and "where transformers uses x1.5000" in n for n in notes), notes
+
+
+def test_llama_cpp_takes_a_fixed_mscale_and_says_so_when_another_is_written():
+    deepseek = reader_notes(replaced(DEEPSEEK_V3, "yarn", mscale=0.5))  # llama.cpp's deepseek2: mscale = mscale_all_dim
+    wanted = (0.05 * math.log(8) + 1) / (0.1 * math.log(8) + 1)  # transformers' cos/sin scale for 0.5 / 1
+    assert [n for n in deepseek if n.startswith("llama.cpp")] == [
+        f"llama.cpp scales cos/sin by 1.0000, not the {wanted:.4f} that mscale 0.5 / mscale_all_dim 1.0 give in "
+        f"transformers; run llama.cpp with --override-kv deepseek2.rope.scaling.attn_factor=float:{wanted:.6f}."]
+    ministral = reader_notes(replaced(MINISTRAL3, "yarn", mscale=0.5))  # llama.cpp's mistral3: mscale = 1
+    assert any(n.startswith("llama.cpp scales cos/sin by 1.0000, not the 0.9139") for n in ministral), ministral
+    llama = LLAMA | {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+    generic = reader_notes(patched(llama, "yarn", 8, mscale=1.0, mscale_all_dim=1.0))  # its converter drops both
+    assert any("(its converter drops both)" in n for n in generic), generic
+
+
+def test_vllm_minicpm3_has_no_softmax_temperature():
+    minicpm3 = {"model_type": "minicpm3", "hidden_size": 2560, "num_attention_heads": 40, "head_dim": 96,
+                "qk_rope_head_dim": 32, "max_position_embeddings": 4096, "rope_theta": 10000.0}
+    notes = reader_notes(patched(minicpm3, "yarn", 8))
+    assert any(n.startswith("vLLM builds minicpm3's attention without the softmax temperature x1.4591") for n in notes)

@@ -74,6 +74,11 @@ def test_a_stock_scaling_is_read_back_as_the_method_that_writes_it():
     kept = current_scaling(read_layout(config.to_dict()))
     assert kept == {"method": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "params": {}}
     deepseek = tiny_config("llama", rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                                                     "original_max_position_embeddings": 64, "mscale": 0.707})
-    with pytest.raises(CtxextError, match="sets mscale, which ctxext's yarn does not take"):
-        current_scaling(read_layout(deepseek.to_dict()))
+                                                     "original_max_position_embeddings": 64, "mscale": 0.707,
+                                                     "mscale_all_dim": 0.707})
+    kept = current_scaling(read_layout(deepseek.to_dict()))  # ctxext's yarn takes DeepSeek's spelling
+    assert kept["params"] == {"mscale": 0.707, "mscale_all_dim": 0.707}
+    truncated = tiny_config("llama", rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                      "original_max_position_embeddings": 64, "truncate": False})
+    with pytest.raises(CtxextError, match="sets truncate, which ctxext's yarn does not take"):
+        current_scaling(read_layout(truncated.to_dict()))
