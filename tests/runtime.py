@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ class Seen:
     layer_type: str | None
     cos: torch.Tensor  # [n, D]
     sin: torch.Tensor
+    # the position ids a rotary module was called with, where they are its own (DeepSeek V4's compressor rotates
+    # its compressed windows at their first positions); None: the scattered positions of the pass
+    positions: list[int] | None = None
 
 
 def _layer_type(config, name: str) -> str | None:
@@ -69,23 +72,29 @@ def capture(model: nn.Module, length: int, full: bool = False, ids: torch.Tensor
     seen: list[Seen] = []
     config = model.config.get_text_config()  # a composite model's layer types are its text config's
 
-    def keep(name, pe, layer_type):
+    def keep(name, pe, layer_type, own=None):
+        if isinstance(pe, dict):  # DeepSeek V4: every rope, keyed by its label (main, compress)
+            for key, value in pe.items():
+                keep(name, value, key)
+            return
         if isinstance(pe, torch.Tensor) and pe.is_complex():  # Llama 4: cos + i sin
             pe = (pe.real, pe.imag)
         if isinstance(pe, tuple) and len(pe) == 2 and all(isinstance(t, torch.Tensor) for t in pe):
             cos, sin = (t.detach().float().reshape(-1, t.shape[-2], t.shape[-1])[0] for t in pe)
-            if full:
+            if full and own is None:
                 cos, sin = cos[positions], sin[positions]
-            seen.append(Seen(name, layer_type, cos.clone(), sin.clone()))
+            seen.append(Seen(name, layer_type, cos.clone(), sin.clone(), own))
 
     def attention_hook(name):
         def pre(module, args, kwargs):
             keep(name, _argument(module, args, kwargs, "position_embeddings"), _layer_type(config, name))
         return pre
 
-    def rotary_hook(name):  # for attention that calls its own rotary module (Moshi)
+    def rotary_hook(name):  # for attention that calls its own rotary module (Moshi, DeepSeek V4's compressor)
         def post(module, args, kwargs, output):
-            keep(name, output, kwargs.get("layer_type", args[2] if len(args) > 2 else None))
+            ids = _argument(module, args, kwargs, "position_ids")
+            own = None if ids is None else [int(p) for p in ids.reshape(-1, ids.shape[-1])[0]]
+            keep(name, output, kwargs.get("layer_type", args[2] if len(args) > 2 else None), own)
         return post
 
     # decoder layers pass position_embeddings on to their attention: hook the attention modules only (LongCat's
@@ -127,25 +136,33 @@ class Expectation:
     rotary_dim: int
     theta: dict  # layer type -> rope_theta before the patch
     targets: tuple  # layer types the patch scales
+    # layer type -> (rotary dims, head width of proportional rope or None) where not (rotary_dim, None): Gemma 4
+    dims: dict = field(default_factory=dict)
+
+    @staticmethod
+    def dims_of(layout) -> dict:
+        return {t: (layout.rotary_dim_of(t), layout.exponent_dim_of(t)) for t, r in layout.rope.items() if r is not None}
 
     @classmethod
     def before_patch(cls, model: nn.Module, method: str, factor: float, **params) -> "Expectation":
         layout = read_layout(model.config.to_dict())
         theta = {t: float(r["rope_theta"]) for t, r in layout.rope.items() if r is not None}
         return cls(method, float(factor), layout.max_position_embeddings, dict(params), layout.rotary_dim, theta,
-                   layout.targets)
+                   layout.targets, cls.dims_of(layout))
 
     def reloaded(self) -> "Expectation":
         """A stock reload runs dynamic-yarn as the static YaRN its config carries."""
         if self.method != "dynamic-yarn":
             return self
-        return Expectation("yarn", self.factor, self.L0, self.params, self.rotary_dim, self.theta, self.targets)
+        return Expectation("yarn", self.factor, self.L0, self.params, self.rotary_dim, self.theta, self.targets,
+                           self.dims)
 
     def frequencies(self, layer_type: str | None, length: int) -> tuple[torch.Tensor, float]:
         theta = self.theta.get(layer_type, self.theta.get(None))
+        dim, head_dim = self.dims.get(layer_type, (self.rotary_dim, None))
         if layer_type not in self.targets and None not in self.targets:
-            return default_inv_freq(self.rotary_dim, theta), 1.0
-        return compute_inv_freq(self.method, self.rotary_dim, theta, self.factor, self.L0, seq_len=length,
+            return default_inv_freq(dim, theta, head_dim), 1.0
+        return compute_inv_freq(self.method, dim, theta, self.factor, self.L0, seq_len=length, head_dim=head_dim,
                                 **self.params)
 
 
@@ -154,7 +171,7 @@ def mismatch(seen: Seen, inv_freq: torch.Tensor, scale: float, length: int) -> s
 
     Tolerance: 1e-5 plus 1e-6 of the angle (stock code may round a run-time frequency by a float32 ulp).
     """
-    positions = torch.tensor(positions_for(length), dtype=torch.float64)
+    positions = torch.tensor(seen.positions or positions_for(length), dtype=torch.float64)
     angles = positions[:, None] * inv_freq.double()[None, :]  # [n, d/2]
     tol = (1e-5 + 1e-6 * angles) * scale
     worst = None
@@ -179,8 +196,10 @@ def check_lengths(model: nn.Module, expect: Expectation, lengths: list[int], ful
             problems.append(f"at {length}: no attention module received position_embeddings")
             continue
         for s in seen:
-            inv_freq, scale = expect.frequencies(s.layer_type, length)
-            problem = mismatch(s, inv_freq, scale, length)
+            # a rotary module called with its own positions derives its length from them, as stock code does
+            at = max(s.positions) + 1 if s.positions else length
+            inv_freq, scale = expect.frequencies(s.layer_type, at)
+            problem = mismatch(s, inv_freq, scale, at)
             if problem:
                 problems.append(f"at {length}: {problem}")
     return problems

@@ -98,13 +98,16 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary | ({"dimensions": rows} if rows is not None else {}), indent=2))
         return 0
     print(f"model type        {summary['model_type']}")
-    partial = summary["partial_rotary_factor"]
-    print(f"rotary dims       {summary['rotary_dim']} of head_dim {summary['head_dim']}"
-          + (f" (partial_rotary_factor {partial:g})" if partial != 1 else ""))
+    for layer_type, layer in summary["layers"].items():
+        where = "" if layer_type == "all" else f" [{layer_type}]"
+        partial = (summary["rope"][layer_type] or {}).get("partial_rotary_factor", summary["partial_rotary_factor"])
+        print(f"rotary dims{where}".ljust(17) + f" {layer['rotary_dim']} of head_dim {layer['head_dim']}"
+              + (f" (partial_rotary_factor {partial:g})" if layer["rotary_dim"] != layer["head_dim"] else ""))
     for layer_type, params in summary["rope"].items():
         text = "none" if params is None else ", ".join(f"{k}={_short(v)}" for k, v in params.items())
         touched = "" if layer_type in summary["scaled_layer_types"] else "  (local: a patch leaves it)"
         print(f"rope [{layer_type}]".ljust(18) + text + touched)
+    print("scaled layers     " + ", ".join(summary["scaled_layer_types"]))
     print(f"scaling           {summary['scaling']}")
     original = summary["original_max_position_embeddings"]
     print(f"original window   {original:,}" if original else "original window   not recorded")

@@ -28,12 +28,18 @@ def describe(config: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON-ready summary of a config's RoPE: what `ctxext info` prints."""
     layout = read_layout(config)
     rope = {("all" if k is None else k): (dict(v) if v is not None else None) for k, v in layout.rope.items()}
+    first = layout.targets[0]
+    # per rope key: the head width and rotary dims of the layers that use it, and whether a patch scales it
+    layers = {("all" if k is None else k): {"head_dim": layout.head_dim_of(k), "rotary_dim": layout.rotary_dim_of(k),
+                                            "scaled": k in layout.targets}
+              for k, v in layout.rope.items() if v is not None}
     return {
         "model_type": layout.model_type,
-        "head_dim": layout.head_dim,
-        "partial_rotary_factor": layout.partial_rotary_factor,
-        "rotary_dim": layout.rotary_dim,
+        "head_dim": layout.head_dim_of(first),  # of the first layer type a patch scales
+        "partial_rotary_factor": float(layout.rope[first].get("partial_rotary_factor") or 1.0),
+        "rotary_dim": layout.rotary_dim_of(first),
         "rope": rope,
+        "layers": layers,
         "scaled_layer_types": ["all" if t is None else t for t in layout.targets],
         "scaling": layout.scaling_type if not layout.metadata else layout.metadata["method"],
         "original_max_position_embeddings": layout.original_max_position_embeddings,
@@ -87,16 +93,18 @@ def dimension_table(
     layout: RopeLayout = read_layout(config)
     scaling = scaling_for(config, method, factor, **params)
     original = scaling.original_max_position_embeddings
-    theta = float(layout.metadata["rope_theta"].get("global" if layout.targets[0] is None else layout.targets[0])
-                  if layout.metadata else layout.main["rope_theta"])
-    base = default_inv_freq(layout.rotary_dim, theta)
+    first = layout.targets[0]
+    theta = float(layout.metadata["rope_theta"].get("global" if first is None else first)
+                  if layout.metadata else layout.rope[first]["rope_theta"])
+    dim, exponent_dim = layout.rotary_dim_of(first), layout.exponent_dim_of(first)
+    base = default_inv_freq(dim, theta, exponent_dim)[: dim // 2]  # proportional rope: the rotating ones only
     new, _ = compute_inv_freq(
-        scaling.method, layout.rotary_dim, theta, scaling.factor, original,
-        seq_len=scaling.window,
+        scaling.method, dim, theta, scaling.factor, original,
+        seq_len=scaling.window, head_dim=exponent_dim,
         **{k: v for k, v in scaling.params.items() if v is not None},
     )
     rows = []
-    for i, (old_freq, new_freq) in enumerate(zip(base.tolist(), new.tolist())):
+    for i, (old_freq, new_freq) in enumerate(zip(base.tolist(), new[: dim // 2].tolist())):
         ratio = new_freq / old_freq
         rows.append(
             {

@@ -38,7 +38,8 @@ def _frequency_args(patch: RopePatch, layer_type: str | None, scaling: Scaling) 
     """Keyword arguments of compute_inv_freq for `scaling` on one patched layer type (seq_len aside)."""
     return dict(
         method=scaling.method,
-        dim=patch.layout.rotary_dim,
+        dim=patch.layout.rotary_dim_of(layer_type),
+        head_dim=patch.layout.exponent_dim_of(layer_type),
         rope_theta=patch.base_theta[layer_type],
         factor=scaling.factor,
         original_max_position_embeddings=patch.original_max_position_embeddings,
@@ -130,7 +131,8 @@ def _check_stock_forward(stock: nn.Module, patch: RopePatch, layer_types: list) 
 def _what_went_wrong(output: tuple, patch: RopePatch, layer_type: str | None, length: int) -> str:
     """A few words on how a stock forward's angles differ from ctxext's: unscaled, or otherwise."""
     positions = torch.tensor(sorted({0, 1, length // 2, length - 1}))
-    base = default_inv_freq(patch.layout.rotary_dim, patch.base_theta[layer_type])
+    layout = patch.layout
+    base = default_inv_freq(layout.rotary_dim_of(layer_type), patch.base_theta[layer_type], layout.exponent_dim_of(layer_type))
     if _angles_match(output, base, 1.0, positions):
         return "keeps the original frequencies"
     return "computes other frequencies or another attention scale"
@@ -180,13 +182,15 @@ def _check_module(target: RotaryTarget, layout: RopeLayout, layer_type: str | No
     """Refuse a rotary module whose frequencies do not follow the layout (an unfamiliar rope variant)."""
     current = built_frequencies(target.module, layer_type)
     cls = type(target.module).__name__
-    if current.shape != (layout.rotary_dim // 2,):
+    dim, exponent_dim = layout.rotary_dim_of(layer_type), layout.exponent_dim_of(layer_type)
+    count = (exponent_dim or dim) // 2  # proportional rope pads with zeros to the whole head
+    if current.shape != (count,):
         raise RopeConfigError(
             f"ctxext does not recognise the rotary embedding {cls}: it holds {current.numel()} frequencies "
-            f"where the config implies {layout.rotary_dim // 2}."
+            f"where the config implies {count}."
         )
-    if layout.rope[layer_type].get("rope_type", "default") == "default" and not layout.metadata:
-        expected = default_inv_freq(layout.rotary_dim, float(layout.rope[layer_type]["rope_theta"]))
+    if layout.kind_of(layer_type) == "default" and not layout.metadata:
+        expected = default_inv_freq(dim, float(layout.rope[layer_type]["rope_theta"]), exponent_dim)
         tol = 1e-5 if current.dtype == torch.float32 else 1e-2
         if not torch.allclose(current.detach().float().cpu(), expected, rtol=tol, atol=0):
             raise RopeConfigError(

@@ -22,15 +22,24 @@ from typing import Callable
 import torch
 
 from ..errors import CtxextError
+from .layout import PROPORTIONAL_METHODS
 from .methods import is_identity, longrope_attention_factor, ntk_rope_theta, resolve, yarn_attention_factor
 
 RopeFunction = Callable[..., tuple[torch.Tensor, float]]
 
 
-def default_inv_freq(dim: int, rope_theta: float) -> torch.Tensor:
-    """Unscaled RoPE: theta_i = b^(-2i/d) for i < d/2, float32 [dim // 2]."""
-    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float) / dim  # [dim/2]
-    return 1.0 / (rope_theta**exponents)
+def default_inv_freq(dim: int, rope_theta: float, head_dim: int | None = None) -> torch.Tensor:
+    """Unscaled RoPE: theta_i = b^(-2i/d) for i < d/2, float32 [dim // 2].
+
+    With `head_dim` (proportional rope, p-RoPE, Gemma 4): theta_i = b^(-2i/head_dim) for the d rotary dims,
+    then zero frequencies (dims that never rotate) up to head_dim / 2: float32 [head_dim // 2].
+    """
+    width = head_dim or dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float) / width  # [dim/2]
+    inv_freq = 1.0 / (rope_theta**exponents)
+    if width > dim:
+        inv_freq = torch.cat([inv_freq, torch.zeros(width // 2 - dim // 2, dtype=torch.float32)])  # [head_dim/2]
+    return inv_freq
 
 
 def wavelengths(inv_freq: torch.Tensor) -> torch.Tensor:
@@ -203,6 +212,19 @@ def longrope_factors(inv_freq: torch.Tensor, dim: int, rope_theta: float) -> tup
     return tuple(float(x) for x in chosen.tolist())
 
 
+def proportional(method: str, dim: int, head_dim: int, rope_theta: float, factor: float) -> tuple[torch.Tensor, float]:
+    """`method` on proportional rope: frequencies b^(-2i/head_dim) for the d rotary dims, zeros up to head_dim / 2,
+    float32 [head_dim // 2]. pi divides them all by s (stock's `factor`), ntk raises the base so that the lowest
+    rotating one is divided by s (see ntk_rope_theta)."""
+    if method == "pi":
+        return default_inv_freq(dim, rope_theta, head_dim) / factor, 1.0
+    if method == "ntk":
+        return default_inv_freq(dim, ntk_rope_theta(rope_theta, factor, dim, head_dim), head_dim), 1.0
+    raise CtxextError(
+        f"Proportional rope (p-RoPE) can carry only {' or '.join(PROPORTIONAL_METHODS)} in a stock config, not {method}."
+    )
+
+
 #: method name (see ctxext.rope.methods.METHODS) -> frequency function
 ROPE_FUNCTIONS: dict[str, RopeFunction] = {
     "pi": pi,
@@ -223,12 +245,14 @@ def compute_inv_freq(
     factor: float,
     original_max_position_embeddings: int,
     seq_len: int | None = None,
+    head_dim: int | None = None,
     **params: float | None,
 ) -> tuple[torch.Tensor, float]:
     """Validated entry point: frequencies [dim // 2] (float32) and attention factor for one method.
 
     `factor == 1` is the identity for every method, dynamic ones included (the original frequencies,
-    attention factor 1): that is what ctxext writes for it.
+    attention factor 1): that is what ctxext writes for it. `head_dim` marks proportional rope (see
+    `proportional`): the frequencies then number head_dim // 2.
     """
     scaling = resolve(method, factor, original_max_position_embeddings, **params)
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 4 or dim % 2:
@@ -237,7 +261,9 @@ def compute_inv_freq(
         raise CtxextError(f"rope_theta must be a number greater than 1, got {rope_theta!r}.")
     scaling.check_rotary_dim(dim)
     if scaling.is_identity:
-        return default_inv_freq(dim, float(rope_theta)), 1.0
+        return default_inv_freq(dim, float(rope_theta), head_dim), 1.0
+    if head_dim is not None:
+        return proportional(scaling.method, dim, head_dim, float(rope_theta), scaling.factor)
     fn = ROPE_FUNCTIONS[scaling.method]
     return fn(
         dim,

@@ -32,6 +32,20 @@ NO_ROPE = {
 #: layer types whose attention never spans more than a local window: a patch leaves their rope alone
 LOCAL_LAYER_TYPES = ("sliding_attention", "chunked_attention")
 
+#: model types whose rope dicts are keyed by rope labels rather than layer types, and the labels that belong to
+#: sliding-window layers only: DeepSeek V4's `main` rope serves its pure sliding-window layers, `compress` its
+#: compressed layers (attention, compressor and indexer), which reach the whole sequence and carry the scaling
+LOCAL_ROPE_KEYS = {"deepseek_v4": ("main",)}
+
+#: rope types that describe the rotary layout rather than a scaling: Gemma 4's `proportional` (p-RoPE) rotates
+#: the first partial_rotary_factor x head_dim dims with frequencies b^(-2i/head_dim) and pads the rest with zero
+#: frequencies; its `factor` (1 when absent) divides them all, which is PI on that layout
+SHAPE_ROPE_TYPES = ("proportional",)
+
+#: the methods proportional rope carries in a stock config: pi as its factor, ntk as its rope_theta (stock
+#: transformers' other rope types give rotary_dim / 2 frequencies where its Gemma 4 attention needs head_dim / 2)
+PROPORTIONAL_METHODS = ("pi", "ntk")
+
 #: vLLM does not multiply max_position_embeddings by factor for these model types
 WINDOW_IS_SCALED_TYPES = ("gemma3", "gemma3_text")
 
@@ -95,31 +109,83 @@ class RopeLayout:
     v4_spelling: bool = False  # the config carries transformers v4 keys (rope_scaling, rope_theta...)
     null_head_dim: bool = False  # the config says head_dim: null (derived from hidden_size / num_attention_heads)
     layer_rope_theta: tuple | None = None  # Granite-SWA: each layer finds its rope by this rope_theta (0 = NoPE)
+    # layer type -> head width where it differs from head_dim (Gemma 4's full layers: global_head_dim)
+    layer_head_dim: Mapping[str | None, int] | None = None
 
     @property
     def rotary_dim(self) -> int:
-        return int(self.head_dim * self.partial_rotary_factor)
+        """Rotary dims of the first patched layer type (see `rotary_dim_of`)."""
+        return self.rotary_dim_of(self.targets[0])
+
+    def head_dim_of(self, layer_type: str | None) -> int:
+        """Head width of the layers that use `layer_type`'s rope (Gemma 4: its full layers are wider)."""
+        return int((self.layer_head_dim or {}).get(layer_type, self.head_dim))
+
+    def is_proportional(self, layer_type: str | None) -> bool:
+        """Does this layer type use proportional rope (p-RoPE: frequencies over the whole head, zeros past the rotary dims)?"""
+        params = self.rope.get(layer_type) or {}
+        return params.get("rope_type") in SHAPE_ROPE_TYPES
+
+    def rotary_dim_of(self, layer_type: str | None) -> int:
+        """Dimensions that rotate, per layer type: head width x partial_rotary_factor (proportional rope rounds
+        to whole pairs, as stock transformers does)."""
+        params = self.rope.get(layer_type) or {}
+        partial = float(params.get("partial_rotary_factor") or 1.0)  # read_layout fills in a top-level one
+        head_dim = self.head_dim_of(layer_type)
+        if self.is_proportional(layer_type):
+            return 2 * int(partial * head_dim // 2)
+        return int(head_dim * partial)
+
+    def exponent_dim_of(self, layer_type: str | None) -> int | None:
+        """The width a layer type's frequency exponent counts in, where it is not its rotary dims: proportional
+        rope's b^(-2i/head_dim) over the whole head (its frequencies then number head_dim / 2); else None."""
+        return self.head_dim_of(layer_type) if self.is_proportional(layer_type) else None
 
     @property
     def nested(self) -> bool:
         return GLOBAL not in self.rope
 
+    def is_local(self, layer_type: str | None) -> bool:
+        """A rope key of layers that attend within a local window only (sliding, chunked, DeepSeek V4's `main`)."""
+        return layer_type in LOCAL_LAYER_TYPES or layer_type in LOCAL_ROPE_KEYS.get(self.model_type, ())
+
     @property
     def targets(self) -> tuple[str | None, ...]:
-        """Layer types a patch rewrites: all but local (sliding-window) ones, whose span stays short."""
+        """Layer types a patch rewrites: all but local (sliding-window) ones, whose span stays short.
+
+        Sorted by name, so that which one comes first (`main`, the v4 spelling, what counts as the scaling) does
+        not depend on the order of the config's keys (config.json is saved with sorted keys, a live config not).
+        """
         if not self.nested:
             return (GLOBAL,)
-        return tuple(t for t in self.rope if self.rope[t] is not None and t not in LOCAL_LAYER_TYPES)
+        return tuple(sorted(t for t in self.rope if self.rope[t] is not None and not self.is_local(t)))
+
+    def kind_of(self, layer_type: str | None) -> str:
+        """The scaling a layer type's rope carries, as a stock rope_type: 'default' when unscaled (proportional rope
+        without a factor other than 1 included)."""
+        params = self.rope[layer_type]
+        kind = params.get("rope_type", "default")
+        if kind in SHAPE_ROPE_TYPES and float(params.get("factor") or 1.0) == 1.0:
+            return "default"
+        return kind
 
     @property
     def main(self) -> Mapping[str, Any]:
-        """The rope dict of the first patched layer type (the one the v4 spelling describes)."""
-        return self.rope[self.targets[0]]
+        """The rope dict of the first scaled patched layer type, or of the first patched one when none is scaled."""
+        scaled = [t for t in self.targets if self.kind_of(t) != "default"]
+        return self.rope[(scaled or self.targets)[0]]
 
     @property
     def scaling_type(self) -> str:
         """The stock rope_type on the patched layers ('default' when unscaled)."""
-        return self.main.get("rope_type", "default")
+        scaled = [self.kind_of(t) for t in self.targets if self.kind_of(t) != "default"]
+        return scaled[0] if scaled else "default"
+
+    @property
+    def window_is_scaled(self) -> bool:
+        """Does max_position_embeddings hold the scaled window for linear-like scalings (Gemma 3; proportional rope,
+        whose factor ctxext writes with the new window)?"""
+        return self.model_type in WINDOW_IS_SCALED_TYPES or any(self.is_proportional(t) for t in self.targets)
 
     @property
     def is_scaled(self) -> bool:
@@ -134,7 +200,7 @@ class RopeLayout:
         if kind in ("yarn", "llama3", "longrope"):
             value = self.top_level_original or self.main.get("original_max_position_embeddings")
             return int(value) if value else self.max_position_embeddings
-        if kind in ("linear", "dynamic") and self.model_type in WINDOW_IS_SCALED_TYPES:
+        if kind in ("linear", "dynamic", *SHAPE_ROPE_TYPES) and self.window_is_scaled:
             return None  # Gemma 3 stores the scaled window only
         return self.max_position_embeddings
 
@@ -146,7 +212,7 @@ class RopeLayout:
         kind, factor = self.scaling_type, float(self.main.get("factor") or 1.0)
         if kind == "yarn":
             return max(self.max_position_embeddings, scaled_window(self.original_max_position_embeddings or 0, factor))
-        if kind in ("linear", "dynamic") and self.model_type not in WINDOW_IS_SCALED_TYPES:
+        if kind in ("linear", "dynamic", *SHAPE_ROPE_TYPES) and not self.window_is_scaled:
             return scaled_window(self.max_position_embeddings, factor)
         return self.max_position_embeddings
 
@@ -296,6 +362,9 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         )
     partial = cfg.get("partial_rotary_factor", cfg.get("rotary_pct"))
 
+    if model_type in LOCAL_ROPE_KEYS and not _is_nested(rope_parameters):
+        rope_parameters, rope_scaling = _deepseek_v4_rope(cfg, rope_scaling or rope_parameters), None
+
     rope: dict[str | None, dict[str, Any] | None]
     if _is_nested(rope_parameters) or (model_type in WINDOW_IS_SCALED_TYPES and rope_parameters is None):
         # per-layer-type rope (Gemma 3 and kin); Gemma 3's v4 spelling is rope_theta + rope_local_base_freq
@@ -370,6 +439,7 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         null_head_dim="head_dim" in cfg and cfg["head_dim"] is None,
         layer_rope_theta=tuple(cfg["layer_rope_theta"]) if isinstance(cfg.get("layer_rope_theta"), list) else None,
         v4_spelling=any(k in cfg for k in ("rope_scaling", "rope_theta", "rotary_emb_base", "rope_local_base_freq")),
+        layer_head_dim=_layer_head_dims(model_type, cfg),
     )
     if not layout.targets:
         raise RopeConfigError(
@@ -379,6 +449,50 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
     return layout
 
 
+def _deepseek_v4_rope(cfg: Mapping[str, Any], flat: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """DeepSeek V4's `main` / `compress` rope dicts from a flat config.json, as its stock config builds them: the
+    shipped scaling (rope_scaling) and compress_rope_theta on the compressed layers, plain rope_theta on the
+    sliding ones, yarn without its cos/sin scale (attention_factor 1), partial rotary qk_rope_head_dim / head_dim."""
+    partial = cfg.get("partial_rotary_factor")
+    if partial is None and cfg.get("qk_rope_head_dim") and cfg.get("head_dim"):
+        partial = cfg["qk_rope_head_dim"] / cfg["head_dim"]
+    partial = 64 / 512 if partial is None else partial  # the family's default
+    main = {"rope_type": "default", "rope_theta": cfg.get("rope_theta", 10000.0), "partial_rotary_factor": partial}
+    compress = {k: v for k, v in (flat or {}).items() if k not in ("main", "compress")}
+    compress.update(rope_theta=cfg.get("compress_rope_theta", 160000.0), partial_rotary_factor=partial)
+    compress.setdefault("rope_type", compress.pop("type", "default"))
+    if compress["rope_type"] == "yarn":
+        compress.setdefault("attention_factor", 1.0)
+    return {"main": main, "compress": compress}
+
+
+def _layer_head_dims(model_type: str, cfg: Mapping[str, Any]) -> dict[str, int] | None:
+    """Head widths per layer type from a config's `per_layer_config` (Gemma 4's full layers: global_head_dim)."""
+    per_layer, types = cfg.get("per_layer_config"), cfg.get("layer_types")
+    if not isinstance(per_layer, Mapping) or not isinstance(types, list):
+        return None
+    found: dict[str, int] = {}
+    for index, overrides in per_layer.items():
+        if not isinstance(overrides, Mapping) or overrides.get("head_dim") is None:
+            continue
+        head_dim = overrides["head_dim"]
+        if not _is_whole(head_dim):
+            raise _wrong(model_type, "head_dim", head_dim, "a whole number of at least 1", f" for layer {index}")
+        try:
+            layer_type = types[int(index)]
+        except (ValueError, IndexError, TypeError):
+            raise RopeConfigError(
+                f"The config of {model_type!r} gives per_layer_config for layer {index!r}, which is not one of its "
+                f"{len(types)} layers; fix it in config.json."
+            ) from None
+        if found.setdefault(layer_type, head_dim) != head_dim:
+            raise RopeConfigError(
+                f"The config of {model_type!r} gives its {layer_type} layers different head widths "
+                f"({found[layer_type]} and {head_dim}), but one rope per layer type; ctxext cannot patch it."
+            )
+    return found or None
+
+
 #: stock rope types -> the ctxext method that reads them back, and the parameters it takes from the config
 STOCK_METHODS = {
     "linear": ("pi", ()),
@@ -386,6 +500,7 @@ STOCK_METHODS = {
     "yarn": ("yarn", ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim")),
     "llama3": ("llama3", ("low_freq_factor", "high_freq_factor")),
     "longrope": ("longrope", ("long_factor", "short_factor", "attention_factor")),
+    "proportional": ("pi", ()),  # with a factor: every frequency divided by it
 }
 
 

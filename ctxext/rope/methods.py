@@ -336,6 +336,10 @@ def attention_factor(scaling: "Scaling") -> float:
     return 1.0
 
 
-def ntk_rope_theta(rope_theta: float, factor: float, dim: int) -> float:
-    """NTK-aware base: b * s^(d/(d-2)), so the lowest frequency is interpolated by exactly s."""
-    return rope_theta * factor ** (dim / (dim - 2))
+def ntk_rope_theta(rope_theta: float, factor: float, dim: int, head_dim: int | None = None) -> float:
+    """NTK-aware base: b * s^(d/(d-2)), so the lowest frequency is interpolated by exactly s.
+
+    With proportional rope (frequencies b^(-2i/head_dim) for the d rotary dims only) the lowest one is
+    b^(-(d-2)/head_dim), so the base that divides it by exactly s is b * s^(head_dim/(d-2)).
+    """
+    return rope_theta * factor ** ((head_dim or dim) / (dim - 2))

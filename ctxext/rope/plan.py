@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .._compat import speaks_transformers_v4
-from .layout import GLOBAL, SOFTMAX_MSCALE_TYPES, WINDOW_IS_SCALED_TYPES, RopeConfigError, RopeLayout
+from .layout import GLOBAL, PROPORTIONAL_METHODS, SOFTMAX_MSCALE_TYPES, WINDOW_IS_SCALED_TYPES, RopeConfigError, RopeLayout
 from .methods import Scaling, attention_factor, longrope_attention_factor, ntk_rope_theta
 from .readers import LLAMA_CPP_LLAMA3_TYPES
 
@@ -180,12 +180,13 @@ class RopePatch:
         return copy.deepcopy(self.rope[GLOBAL] if GLOBAL in self.rope else self.rope)
 
 
-def window_rule(scaling: Scaling, model_type: str) -> int:
-    """max_position_embeddings to write for the encoded `scaling` so that each reader derives its window."""
+def window_rule(scaling: Scaling, model_type: str, window_is_scaled: bool = False) -> int:
+    """max_position_embeddings to write for the encoded `scaling` so that each reader derives its window
+    (`window_is_scaled`: the layout keeps the scaled window there for pi too, as Gemma 3 and proportional rope do)."""
     original = scaling.original_max_position_embeddings
     if scaling.is_identity or scaling.method == "dynamic-ntk":
         return original  # stock dynamic NTK reads it as the original window, on every model type
-    if scaling.method == "pi" and model_type not in WINDOW_IS_SCALED_TYPES:
+    if scaling.method == "pi" and model_type not in WINDOW_IS_SCALED_TYPES and not window_is_scaled:
         return original  # written as linear, which vLLM multiplies by factor (llama.cpp then needs -c)
     return scaling.window
 
@@ -207,7 +208,7 @@ def _pi_as_llama3(scaling: Scaling) -> Scaling:
     return Scaling("llama3", scaling.factor, params, L0)
 
 
-def _encode(layout: RopeLayout, scaling: Scaling, theta: float) -> Scaling:
+def _encode(layout: RopeLayout, scaling: Scaling, theta: float, layer_type: str | None = GLOBAL) -> Scaling:
     """The scaling this model type's stock config can carry for `scaling`, or RopeConfigError saying why none.
 
     Usually `scaling` itself. On a longrope-only config (Phi-3) a static per-dimension method becomes
@@ -215,8 +216,16 @@ def _encode(layout: RopeLayout, scaling: Scaling, theta: float) -> Scaling:
     (the factors come from the method's own frequency function, so this one case loads torch).
     """
     model_type = layout.model_type
+    if layout.is_proportional(layer_type):
+        if scaling.is_identity or scaling.method in PROPORTIONAL_METHODS:
+            return scaling
+        where = "its layers" if layer_type is GLOBAL else f"its {layer_type} layers"
+        raise RopeConfigError(
+            f"This {model_type} model's proportional rope (p-RoPE, on {where}) can carry only a uniform factor or "
+            f"a new rope_theta in a stock config, so {scaling.method} cannot be written for it; use pi or ntk."
+        )
     if scaling.method == "longrope":
-        scaling.check_rotary_dim(layout.rotary_dim)
+        scaling.check_rotary_dim(layout.rotary_dim_of(layer_type))
     if model_type in LENGTH_BLIND_TYPES and scaling.is_dynamic and not scaling.is_identity:
         raise RopeConfigError(
             f"Stock transformers' {model_type} rotary embedding rebuilds its frequencies from the config without "
@@ -234,9 +243,10 @@ def _encode(layout: RopeLayout, scaling: Scaling, theta: float) -> Scaling:
 
         static = "yarn" if scaling.method == "dynamic-yarn" else scaling.method
         params = {k: v for k, v in scaling.params.items() if v is not None}
-        inv_freq, _ = compute_inv_freq(static, layout.rotary_dim, theta, scaling.factor,
+        dim = layout.rotary_dim_of(layer_type)
+        inv_freq, _ = compute_inv_freq(static, dim, theta, scaling.factor,
                                        scaling.original_max_position_embeddings, **params)
-        factors = longrope_factors(inv_freq, layout.rotary_dim, theta)
+        factors = longrope_factors(inv_freq, dim, theta)
         params = {"long_factor": factors, "short_factor": factors, "attention_factor": attention_factor(scaling)}
         return Scaling("longrope", scaling.factor, params, scaling.original_max_position_embeddings)
     offered = "ntk, pi, ntk-by-parts, yarn, llama3 or longrope" if "longrope" in allowed else "ntk"
@@ -247,14 +257,25 @@ def _encode(layout: RopeLayout, scaling: Scaling, theta: float) -> Scaling:
 
 
 def _rope_dict(
-    scaling: Scaling, old: Mapping[str, Any], theta: float, rotary_dim: int, model_type: str
+    scaling: Scaling, old: Mapping[str, Any], theta: float, rotary_dim: int, model_type: str,
+    exponent_dim: int | None = None,
 ) -> dict[str, Any]:
-    """The new v5 rope dict of one layer type: the old one's non-scaling keys plus the method's keys."""
+    """The new v5 rope dict of one layer type: the old one's non-scaling keys plus the method's keys.
+
+    `exponent_dim` marks proportional rope (its head width): it stays `proportional`, with pi as its factor
+    and ntk as its rope_theta.
+    """
     new = {k: v for k, v in old.items() if k not in SCALING_KEYS}
     new["rope_theta"] = theta
     s, L0, p = scaling.factor, scaling.original_max_position_embeddings, scaling.params
     method = scaling.method
-    if scaling.is_identity:
+    if exponent_dim is not None:
+        new["rope_type"] = old["rope_type"]
+        if method == "pi" and not scaling.is_identity:
+            new["factor"] = s
+        elif method == "ntk" and not scaling.is_identity:
+            new["rope_theta"] = ntk_rope_theta(theta, s, rotary_dim, exponent_dim)
+    elif scaling.is_identity:
         new["rope_type"] = "default"
     elif method == "pi":
         new.update(rope_type="linear", factor=s)
@@ -344,11 +365,11 @@ def plan_patch(layout: RopeLayout, scaling: Scaling, replace: bool = False) -> R
             rope[layer_type] = copy.deepcopy(dict(old)) if old is not None else None
             continue
         thetas[layer_type] = float(recorded.get(_key(layer_type), old["rope_theta"]))
-        encoding[layer_type] = _encode(layout, scaling, thetas[layer_type])
-        rope[layer_type] = _rope_dict(encoding[layer_type], old, thetas[layer_type], layout.rotary_dim,
-                                      layout.model_type)
+        encoding[layer_type] = _encode(layout, scaling, thetas[layer_type], layer_type)
+        rope[layer_type] = _rope_dict(encoding[layer_type], old, thetas[layer_type], layout.rotary_dim_of(layer_type),
+                                      layout.model_type, layout.exponent_dim_of(layer_type))
 
-    window = window_rule(next(iter(encoding.values())), layout.model_type)
+    window = window_rule(encoding[layout.targets[0]], layout.model_type, layout.window_is_scaled)
     main = rope[layout.targets[0]]
     top: dict[str, Any] = {}
     speaks_v4 = speaks_transformers_v4(layout.model_type) or layout.v4_spelling

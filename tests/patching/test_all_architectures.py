@@ -50,13 +50,8 @@ REFUSED = {
     # DBRX spells its sizes d_model and n_heads (attn_config.kv_n_heads), names ctxext does not read
     "dbrx": "gives neither head_dim nor hidden_size and num_attention_heads",
     "ergo": "no positional encoding (NoPE) on its global layers",
-    # Gemma 4's global layers' "proportional" rope pads the rotated frequencies with zeros to head_dim / 2
-    "gemma4_text": "does not recognise the rotary embedding",
-    "gemma4_unified_text": "does not recognise the rotary embedding",
     "glm4_moe_lite": "does not recognise the rotary embedding",
     "jetmoe": "does not recognise the rotary embedding",
-    # its global layers' "proportional" rope pads the rotated frequencies with zeros to head_dim / 2
-    "lfm3": "does not recognise the rotary embedding",
     # its shared attention blocks are twice hidden_size wide, so each head holds twice the frequencies the config implies
     "zamba2": "does not recognise the rotary embedding",
 }
@@ -71,6 +66,10 @@ REFUSED_METHOD = {
     ("phi4_multimodal", "yarn"): "its config refuses it",
     ("phi4_multimodal", "dynamic-yarn"): "its config refuses it",
     ("phi4_multimodal", "llama3"): "its config refuses it",
+    # the full layers' proportional rope (p-RoPE) of Gemma 4 and LFM3 carries pi (its factor) and ntk (its theta) only
+    **{(t, m): "can carry only a uniform factor or a new rope_theta"
+       for t in ("gemma4_text", "gemma4_unified_text", "lfm3")
+       for m in ("dynamic-ntk", "ntk-by-parts", "yarn", "dynamic-yarn", "llama3", "longrope")},
     ("phimoe", "dynamic-ntk"): "rebuilds its frequencies from the config without the current length",
     ("phimoe", "dynamic-yarn"): "rebuilds its frequencies from the config without the current length",
     # RecurrentGemma's rotary embedding takes rope type default only (ntk, a rope_theta change, passes), and its
@@ -88,7 +87,6 @@ REFUSED_METHOD = {
 #: and the start of the reason ("parameters": still over MAX_PARAMS, a vision tower or the like)
 FIXTURE = {
     "blt": 'parameters',
-    "deepseek_v4": 'parameters',
     "gemma3": 'parameters',
     "gemma3n": 'ImportError:',
     "gemma4": 'parameters',
@@ -129,7 +127,7 @@ def check(base, method: str) -> tuple[str, str]:
                          {(None if k == "global" else k): v for k, v in record["rope_theta"].items()}
                          | {t: float(r["rope_theta"]) for t, r in layout.rope.items()
                             if r is not None and t not in layout.targets},
-                         layout.targets)
+                         layout.targets, Expectation.dims_of(layout))
     try:
         problems = check_lengths(model, expect, LENGTHS)
         with tempfile.TemporaryDirectory() as d, torch.no_grad():

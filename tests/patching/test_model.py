@@ -425,7 +425,7 @@ def test_a_scaling_that_stock_never_engages_is_refused(monkeypatch):
     (Gemma 3's dynamic NTK at max_position_embeddings = L0 x s) stock keeps the original frequencies."""
     import ctxext.rope.plan as plan
 
-    monkeypatch.setattr(plan, "window_rule", lambda scaling, model_type: scaling.window)
+    monkeypatch.setattr(plan, "window_rule", lambda scaling, model_type, *_: scaling.window)
     model = tiny_model("gemma3_text")
     before = snapshot(model)
     with pytest.raises(ValueError, match="does not use the frequencies ctxext computes for dynamic-ntk at 65 tokens "
