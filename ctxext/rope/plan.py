@@ -109,19 +109,25 @@ V4_THREE_KEY_LONGROPE = frozenset({"phi3"})
 #: only that part
 FAMILY_YARN_MSCALE = {"mscale": 1.0, "mscale_all_dim": 1.0}
 YARN_MSCALE_KEYS = tuple(FAMILY_YARN_MSCALE)
+#: model types whose stock config sets this attention_factor on a yarn rope that names none (DeepSeek V4's
+#: compress rope, from its shipped flat rope_scaling): their family's spelling of yarn
+FAMILY_YARN_ATTENTION_FACTOR = {"deepseek_v4": 1.0}
 
 
 def family_yarn(layout: RopeLayout, scaling: Scaling) -> Scaling:
-    """`scaling` with the mscale / mscale_all_dim that yarn means on this model type filled in.
+    """`scaling` with the mscale / mscale_all_dim / attention_factor that yarn means on this model type filled in.
 
     Given ones win, each on its own. Otherwise the config's own pair (a shipped DeepSeek V2's 0.707 / 0.707, Ministral 3's 1 / 1)
     is kept across a replace, except on a type without a softmax temperature when attention_factor is given
     (it overrides the cos/sin scale the pair would set, and the pair then means nothing); and a type that reads
-    mscale_all_dim at construction gets FAMILY_YARN_MSCALE, its family's own spelling of yarn.
+    mscale_all_dim at construction gets FAMILY_YARN_MSCALE, its family's own spelling of yarn. A shipped
+    yarn attention_factor (or the one an earlier ctxext yarn patch took) is kept across a replace too, unless
+    mscale or mscale_all_dim is given; a type whose stock config forces one on its yarn (DeepSeek V4's 1.0) gets that one.
     """
     if scaling.method != "yarn" or scaling.is_identity:
         return scaling
-    params = dict(scaling.params)
+    given = dict(scaling.params)
+    params = dict(given)
     softmax = layout.model_type in SOFTMAX_MSCALE_TYPES
     keep_shipped = softmax or params.get("attention_factor") is None
     for key in YARN_MSCALE_KEYS:  # one given (--mscale 0.5) keeps the other as shipped or as the family's
@@ -131,7 +137,17 @@ def family_yarn(layout: RopeLayout, scaling: Scaling) -> Scaling:
             params[key] = float(layout.main[key])
         elif softmax:
             params[key] = FAMILY_YARN_MSCALE[key]
-    if params == dict(scaling.params):
+    if params.get("attention_factor") is None and not any(given.get(k) is not None for k in YARN_MSCALE_KEYS):
+        if layout.metadata:  # a ctxext yarn keeps the attention factor it was given or kept; ntk-by-parts' 1 is its own
+            record = layout.metadata
+            shipped = (record.get("params") or {}).get("attention_factor") if record["method"] == "yarn" else None
+        else:
+            shipped = layout.main.get("attention_factor") if layout.scaling_type == "yarn" else None
+        if shipped is not None:
+            params["attention_factor"] = float(shipped)
+        elif layout.model_type in FAMILY_YARN_ATTENTION_FACTOR:
+            params["attention_factor"] = FAMILY_YARN_ATTENTION_FACTOR[layout.model_type]
+    if params == given:
         return scaling
     return Scaling(scaling.method, scaling.factor, params, scaling.original_max_position_embeddings)
 

@@ -47,7 +47,23 @@ SHIPPED = {
     "phi3 longrope": ("phi3", dict(max_position_embeddings=L0 * 4, original_max_position_embeddings=L0, rope_parameters={
         "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": L0,
         "long_factor": [1.0, 1.1, 1.3, 1.7, 2.2, 2.9, 3.5, 4.0], "short_factor": [1.0] * 8})),
+    # yarn on the compressed layers only, attention factor 1 (what its stock config sets from the shipped rope_scaling)
+    "deepseek_v4 compress yarn x16": ("deepseek_v4", dict(max_position_embeddings=L0 * 16, rope_parameters={
+        "main": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.125},
+        "compress": {"rope_type": "yarn", "rope_theta": 160000.0, "factor": 16.0, "original_max_position_embeddings": L0,
+                     "attention_factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0, "partial_rotary_factor": 0.125}})),
+    # linear x8 on the global layers; the config keeps the scaled window only, so the original one is given
+    "gemma3 linear x8 global": ("gemma3_text", dict(max_position_embeddings=L0 * 8, rope_parameters={
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0}})),
+    # proportional p-RoPE on the global layers (a quarter of global_head_dim rotates): a uniform factor is what it carries
+    "gemma4 proportional": ("gemma4_text", dict(rope_parameters={
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "proportional", "rope_theta": 1000000.0, "partial_rotary_factor": 0.25}})),
 }
+#: the method a case is extended with (yarn unless its rope cannot carry it) and extra patch arguments
+METHOD = {"gemma4 proportional": "pi"}
+EXTRA = {"gemma3 linear x8 global": {"original_max_position_embeddings": L0}}
 
 #: --replace yarn at 8, extend further to 16, restore with factor 1
 STEPS = (8, 16, 1)
@@ -80,15 +96,17 @@ def test_a_shipped_rope_replaced_extended_and_restored_runs_as_its_stock_reload(
     source = tmp_path / "shipped"
     model.save_pretrained(source)
     ids = token_ids(3 * L0)  # past the original window, inside every patched one
+    method, extra = METHOD.get(case, "yarn"), EXTRA.get(case, {})
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in extra.items()]
     for step, factor in enumerate(STEPS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reader notes: said elsewhere
-            patch_model(model, "yarn", factor, replace=True)
+            patch_model(model, method, factor, replace=True, **extra)
         saved, written = tmp_path / f"saved{step}", tmp_path / f"cli{step}"
         model.save_pretrained(saved)
         reloaded = AutoModelForCausalLM.from_pretrained(saved).eval()
-        code = cli.main(["patch", str(source), "--method", "yarn", "--factor", str(factor), "--replace",
-                         "--output", str(written)])
+        code = cli.main(["patch", str(source), "--method", method, "--factor", str(factor), "--replace",
+                         *options, "--output", str(written)])
         assert code == 0
         checkpoint = AutoModelForCausalLM.from_pretrained(written).eval()
         assert softmax_scales(model) == softmax_scales(reloaded) == softmax_scales(checkpoint), (case, factor)
@@ -156,6 +174,34 @@ def test_ministral3_keeps_its_attention_factor_of_one_across_a_replace():
         patch_model(model, "yarn", 8, replace=True, attention_factor=1.25)
     assert attention_scale_of(model)[0] == 1.25
     assert "mscale" not in model.config.rope_parameters
+
+
+def test_deepseek_v4_yarn_keeps_its_familys_attention_factor_of_one():
+    """Regression: --replace dropped DeepSeek V4's attention_factor 1.0 on its compress rope (cos/sin then took
+    0.1 ln s + 1), and a fresh yarn patch wrote none, where the family's stock config puts 1.0 on every yarn."""
+    for keys in (SHIPPED["deepseek_v4 compress yarn x16"][1], {"max_position_embeddings": L0}):
+        model = shipped_model("deepseek_v4", keys)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            patch_model(model, "yarn", 8, replace=True)
+        assert model.config.rope_parameters["compress"]["attention_factor"] == 1.0
+        assert {m.compress_attention_scaling for m in model.modules() if hasattr(m, "compress_attention_scaling")} == {1.0}
+
+
+def test_a_shipped_attention_factor_is_kept_across_a_replace_unless_one_is_given():
+    keys = SHIPPED["qwen3 yarn x4"][1]
+    model = shipped_model("qwen3", keys | {"rope_parameters": keys["rope_parameters"] | {"attention_factor": 0.9}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patch_model(model, "yarn", 8, replace=True)
+        assert attention_scale_of(model)[0] == 0.9
+        patch_model(model, "yarn", 16, replace=True)  # extended again: the family's factor stays
+        assert attention_scale_of(model)[0] == 0.9
+        patch_model(model, "ntk-by-parts", 8, replace=True)
+        patch_model(model, "yarn", 8, replace=True)  # ntk-by-parts' attention factor 1 is its own, not the family's
+        assert math.isclose(attention_scale_of(model)[0], yarn_mscale(8), rel_tol=1e-6)
+        patch_model(model, "yarn", 8, replace=True, attention_factor=1.2)
+    assert attention_scale_of(model)[0] == 1.2
 
 
 def test_generic_yarn_is_unchanged_where_no_mscale_is_shipped():
