@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from ._compat import forward_replaced
 from .errors import CtxextError
@@ -171,17 +172,23 @@ def chunked_nll_sum(
     return total
 
 
-class _DecoderOutput:
-    """What a stubbed decoder returns: the given hidden states; any other output field reads as None."""
+@dataclass
+class _DecoderOutput(ModelOutput):
+    """What a stubbed decoder returns: the given hidden states, as a transformers `ModelOutput`.
 
-    def __init__(self, last_hidden_state: torch.Tensor):
-        self.last_hidden_state = last_hidden_state
+    A model's forward reads its decoder's output in every way a `ModelOutput` allows: by attribute
+    (`outputs.last_hidden_state`), by index (`outputs[0]`) and as a mapping (Gemma 3 / 4 wrap their
+    language model's output with `OutputClass(**outputs, ...)`, which calls `keys()`). So the stand-in
+    is one, holding only `last_hidden_state`; any other output field (cache, router logits...) reads as None.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
 
     def __getattr__(self, name: str):
+        # only reached for names the class does not define; private and dunder lookups stay errors
+        if name.startswith("_"):
+            raise AttributeError(name)
         return None
-
-    def __getitem__(self, index):
-        return (self.last_hidden_state,)[index]
 
 
 def decoder_of(model: nn.Module) -> nn.Module:

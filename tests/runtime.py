@@ -187,8 +187,21 @@ def mismatch(seen: Seen, inv_freq: torch.Tensor, scale: float, length: int) -> s
     return None if worst is None else f"{seen.module} ({seen.layer_type}) off by {worst:.3g} beyond tolerance"
 
 
-def check_lengths(model: nn.Module, expect: Expectation, lengths: list[int], full: bool = False) -> list[str]:
-    """Problems found over forward passes at `lengths` (in this order, as a user would run them)."""
+def expectation_of(expect: Expectation | dict[str, Expectation], module: str) -> Expectation | None:
+    """`expect` itself, or from {module prefix: Expectation} the one of the longest prefix of `module` (None if none)."""
+    if isinstance(expect, Expectation):
+        return expect
+    prefixes = [p for p in expect if (module + ".").startswith(p)]
+    return expect[max(prefixes, key=len)] if prefixes else None
+
+
+def check_lengths(model: nn.Module, expect: Expectation | dict[str, Expectation], lengths: list[int],
+                  full: bool = False) -> list[str]:
+    """Problems found over forward passes at `lengths` (in this order, as a user would run them).
+
+    `expect`: one Expectation for every attention module, or {module prefix: Expectation} for models whose
+    sub-models carry their own rope (BLT); each module is checked against its longest prefix.
+    """
     problems = []
     for length in lengths:
         seen = capture(model, length, full=full)
@@ -196,9 +209,13 @@ def check_lengths(model: nn.Module, expect: Expectation, lengths: list[int], ful
             problems.append(f"at {length}: no attention module received position_embeddings")
             continue
         for s in seen:
+            wanted = expectation_of(expect, s.module)
+            if wanted is None:
+                problems.append(f"at {length}: {s.module}: no expectation covers it")
+                continue
             # a rotary module called with its own positions derives its length from them, as stock code does
             at = max(s.positions) + 1 if s.positions else length
-            inv_freq, scale = expect.frequencies(s.layer_type, at)
+            inv_freq, scale = wanted.frequencies(s.layer_type, at)
             problem = mismatch(s, inv_freq, scale, at)
             if problem:
                 problems.append(f"at {length}: {problem}")

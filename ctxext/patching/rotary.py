@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from ..errors import first_line
 from ..rope.layout import RopeConfigError
@@ -38,12 +38,24 @@ def prefix(layer_type: str | None) -> str:
     return "" if layer_type is None else f"{layer_type}_"
 
 
+def encoder_config_types(model: nn.Module) -> tuple[type, ...]:
+    """Config classes of a composite model's vision and audio encoders (`vision_config`, `audio_config`...)."""
+    config = getattr(model, "config", None)
+    return tuple({type(value) for key, value in vars(config or object()).items()
+                  if key.endswith(("vision_config", "audio_config")) and isinstance(value, PretrainedConfig)})
+
+
 def rotary_modules(model: nn.Module) -> list[RotaryTarget]:
-    """Modules that follow transformers' rotary contract: a config, an inv_freq buffer, an attention scale."""
+    """Modules that follow transformers' rotary contract: a config, an inv_freq buffer, an attention scale.
+
+    A vision or audio encoder's rotary embedding (Gemma 4's 2D patch positions) is not the text window a patch
+    extends, so it is left out: a module whose config is of an encoder's config class.
+    """
+    encoders = encoder_config_types(model)
     found = []
     for name, module in model.named_modules():
         config = getattr(module, "config", None)
-        if config is None or isinstance(module, PreTrainedModel):
+        if config is None or isinstance(module, PreTrainedModel) or (encoders and isinstance(config, encoders)):
             continue
         if isinstance(getattr(module, "inv_freq", None), torch.Tensor) and hasattr(module, "attention_scaling"):
             found.append(RotaryTarget(name, module, config))

@@ -411,7 +411,9 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         if params["rope_type"] == "su":
             params["rope_type"] = "longrope"
 
-    head_dim = cfg.get("head_dim")
+    # MLA (DeepSeek and kin) rotates qk_rope_head_dim dims of each head; a config that saves no head_dim (GLM-4-MoE-Lite
+    # derives it) has its rotary module read that one
+    head_dim = cfg.get("head_dim") or cfg.get("qk_rope_head_dim")
     if not head_dim:
         try:
             head_dim = int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])

@@ -50,7 +50,6 @@ REFUSED = {
     # DBRX spells its sizes d_model and n_heads (attn_config.kv_n_heads), names ctxext does not read
     "dbrx": "gives neither head_dim nor hidden_size and num_attention_heads",
     "ergo": "no positional encoding (NoPE) on its global layers",
-    "glm4_moe_lite": "does not recognise the rotary embedding",
     "jetmoe": "does not recognise the rotary embedding",
     # its shared attention blocks are twice hidden_size wide, so each head holds twice the frequencies the config implies
     "zamba2": "does not recognise the rotary embedding",
@@ -68,7 +67,7 @@ REFUSED_METHOD = {
     ("phi4_multimodal", "llama3"): "its config refuses it",
     # the full layers' proportional rope (p-RoPE) of Gemma 4 and LFM3 carries pi (its factor) and ntk (its theta) only
     **{(t, m): "can carry only a uniform factor or a new rope_theta"
-       for t in ("gemma4_text", "gemma4_unified_text", "lfm3")
+       for t in ("gemma4", "gemma4_text", "gemma4_unified", "gemma4_unified_text", "lfm3")
        for m in ("dynamic-ntk", "ntk-by-parts", "yarn", "dynamic-yarn", "llama3", "longrope")},
     ("phimoe", "dynamic-ntk"): "rebuilds its frequencies from the config without the current length",
     ("phimoe", "dynamic-yarn"): "rebuilds its frequencies from the config without the current length",
@@ -87,10 +86,9 @@ REFUSED_METHOD = {
 #: and the start of the reason ("parameters": still over MAX_PARAMS, a vision tower or the like)
 FIXTURE = {
     "blt": 'parameters',
-    "gemma3": 'parameters',
-    "gemma3n": 'ImportError:',
-    "gemma4": 'parameters',
-    "gemma4_unified": 'parameters',
+    # Gemma 3n's vision tower is timm's MobileNetV5 (TimmWrapperModel): timm, which needs torchvision, is not among
+    # the test dependencies. Its text model, Gemma3nForCausalLM from a Gemma3nTextConfig, is walked as gemma3n_text
+    "gemma3n": 'ImportError: \nTimmWrapperModel requires the timm library',
 }
 
 
@@ -107,6 +105,37 @@ def loader(model):
     return AutoModelForCausalLM if type(model.config) in MODEL_FOR_CAUSAL_LM_MAPPING else type(model)
 
 
+def expectation(method: str, params: dict, layout, record: dict) -> Expectation:
+    """What attention should get, from the window and thetas the patch started from (`record`: its ctxext record)."""
+    return Expectation(method, 8.0, record["original_max_position_embeddings"], params, layout.rotary_dim,
+                       {(None if k == "global" else k): v for k, v in record["rope_theta"].items()}
+                       | {t: float(r["rope_theta"]) for t, r in layout.rope.items()
+                          if r is not None and t not in layout.targets},
+                       layout.targets, Expectation.dims_of(layout))
+
+
+def expectations(base, model, method: str, params: dict, layout) -> dict[str, Expectation]:
+    """{module prefix: Expectation}: the attention under a rotary module gets what that module's own config records.
+
+    patch_model writes one record per config a rotary module reads: the model's (a composite's text config) for
+    most types, each sub-model's for BLT (patcher, local encoder and decoder, global transformer, thetas 1e4 and
+    5e5). The prefix "" (the model config's record, where it has one) covers attention under no recorded module.
+    """
+    patched = model.config.to_dict()
+    top = patched if layout.section is None else patched.get(layout.section, {})  # text_config: composite
+    found = {"": expectation(method, params, layout, top["ctxext"])} if "ctxext" in top else {}
+    before = dict(base.named_modules())
+    for name, module in model.named_modules():
+        config = getattr(module, "config", None)
+        if not type(module).__name__.endswith("RotaryEmbedding") or config is None:
+            continue
+        record = config.to_dict().get("ctxext")
+        if record is not None:
+            prefix = name.rpartition(".")[0] + "." if "." in name else ""
+            found[prefix] = expectation(method, params, read_layout(before[name].config.to_dict()), record)
+    return found
+
+
 def check(base, method: str) -> tuple[str, str]:
     """(outcome, detail) for one method: ok, refused or FAILED."""
     model = copy.deepcopy(base)
@@ -120,20 +149,14 @@ def check(base, method: str) -> tuple[str, str]:
         return "refused", str(err)
     except Exception as err:
         return "FAILED", f"patch_model raised {type(err).__name__}: {err}"
-    # what attention should get, from the window and thetas the patch started from
-    patched = model.config.to_dict()
-    record = (patched if layout.section is None else patched[layout.section])["ctxext"]  # text_config: composite
-    expect = Expectation(method, 8.0, record["original_max_position_embeddings"], params, layout.rotary_dim,
-                         {(None if k == "global" else k): v for k, v in record["rope_theta"].items()}
-                         | {t: float(r["rope_theta"]) for t, r in layout.rope.items()
-                            if r is not None and t not in layout.targets},
-                         layout.targets, Expectation.dims_of(layout))
+    expect = expectations(base, model, method, params, layout)
     try:
         problems = check_lengths(model, expect, LENGTHS)
         with tempfile.TemporaryDirectory() as d, torch.no_grad():
             model.save_pretrained(d)
             reloaded = loader(model).from_pretrained(d).eval()
-            problems += [f"reloaded {p}" for p in check_lengths(reloaded, expect.reloaded(), LENGTHS)]
+            problems += [f"reloaded {p}" for p in check_lengths(reloaded, {k: e.reloaded() for k, e in expect.items()},
+                                                                 LENGTHS)]
             diff = 0.0
             if method == "yarn":
                 ids = token_ids(8 * L0)

@@ -194,3 +194,43 @@ def test_info_says_which_layers_are_scaled_and_their_widths(gemma4, deepseek_v4,
     assert main(["info", str(saved(deepseek_v4, tmp_path / "d"))]) == 0
     out = capsys.readouterr().out
     assert "scaled layers     compress\n" in out and "rope [main]" in out and "(local: a patch leaves it)" in out
+
+
+def test_a_composite_gemma4_patches_its_text_rope_and_leaves_its_vision_towers_alone(tmp_path):
+    """Regression: patch_model took Gemma 4's vision rotary embedding (2D patch positions, no text window) for one to
+    patch and refused the whole model ("it holds 16 frequencies where the config implies 32")."""
+    from walk import build
+
+    model, why = build("gemma4")
+    assert model is not None, why
+    vision = dict(model.model.vision_tower.named_buffers())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctxext.patch_model(model, "pi", 4)
+    for name, buffer in model.model.vision_tower.named_buffers():
+        assert torch.equal(buffer, vision[name]), name
+    text = model.model.language_model.rotary_emb
+    assert text.rope_type["full_attention"] == "proportional"
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = token_ids(200)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reloaded(ids).logits, rtol=0, atol=0)
+
+
+def test_glm4_moe_lite_rotates_its_qk_rope_head_dim(tmp_path):
+    """Regression: GLM-4-MoE-Lite's config saves no head_dim (it derives it from qk_rope_head_dim), so ctxext read
+    hidden_size / num_attention_heads and refused its rotary embedding ("32 frequencies where the config implies 8")."""
+    from walk import build
+
+    model, why = build("glm4_moe_lite")
+    assert model is not None, why
+    assert read_layout(model.config.to_dict()).rotary_dim == model.config.qk_rope_head_dim
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctxext.patch_model(model, "yarn", 4)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = token_ids(200)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reloaded(ids).logits, rtol=0, atol=0)

@@ -162,6 +162,20 @@ def test_the_decoder_is_found_where_get_decoder_is_wrong(model_type):
         torch.testing.assert_close(ours[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("model_type", ["gemma3", "gemma4", "gemma4_unified"])
+def test_a_forward_that_unpacks_its_decoders_output_gets_its_own_loss(model_type):
+    """Regression: Gemma 3 / 4 wrap their language model's output as `OutputClass(**outputs, ...)`; the stubbed
+    decoder's output answered every attribute, `keys` too, with None ("'NoneType' object is not callable")."""
+    from walk import build
+
+    model, why = build(model_type)
+    assert model is not None, why
+    loss, expected, ours, theirs = own_loss_and_grads(model.train(), token_ids(24), chunk_size=7)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    for name, grad in theirs.items():  # the walk's tolerance: tied embeddings (gradients up to 8) sum in another order
+        torch.testing.assert_close(ours[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
 def test_a_model_whose_forward_skips_its_decoder_is_refused():
     model = tiny_model("llama")
     decoder = model.get_decoder()
