@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     for layer_type, params in summary["rope"].items():
         text = "none" if params is None else ", ".join(f"{k}={_short(v)}" for k, v in params.items())
         touched = "" if layer_type in summary["scaled_layer_types"] else "  (local: a patch leaves it)"
-        print(f"rope [{layer_type}]".ljust(18) + text + touched)
+        print(f"rope [{layer_type}]".ljust(17) + " " + text + touched)
     print("scaled layers     " + ", ".join(summary["scaled_layer_types"]))
     print(f"scaling           {summary['scaling']}")
     original = summary["original_max_position_embeddings"]

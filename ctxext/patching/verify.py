@@ -42,9 +42,17 @@ def skeleton(config: Any, source: str) -> Any:
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
+    import transformers
+
+    # the class the checkpoint names, where the auto class does not map its config (a text model saved alone, such as
+    # Mllama's or Emu3's causal LM)
+    named = [getattr(transformers, a, None) for a in (getattr(config, "architectures", None) or [])]
+    named = [c for c in named if isinstance(c, type) and hasattr(c, "_from_config")]
     try:
         with _quiet_transformers(), warnings.catch_warnings(), init_empty_weights(include_buffers=False):
             warnings.simplefilter("ignore")
+            if type(config) not in AutoModelForCausalLM._model_mapping and named:
+                return named[0]._from_config(config).eval()
             return AutoModelForCausalLM.from_config(config).eval()
     except ValueError as err:
         if "Unrecognized configuration class" not in str(err):

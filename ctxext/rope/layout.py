@@ -58,6 +58,10 @@ SOFTMAX_MSCALE_TYPES = frozenset({
     "mistral_large4_text", "youtu",
 })
 
+#: model types whose stock config sets this attention_factor on a yarn rope that names none (DeepSeek V4's
+#: compress rope, from its shipped flat rope_scaling): their family's spelling of yarn
+FAMILY_YARN_ATTENTION_FACTOR = {"deepseek_v4": 1.0}
+
 GLOBAL = None  # the layer-type key of a model with one rope for all layers
 
 

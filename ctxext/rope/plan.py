@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .._compat import speaks_transformers_v4
-from .layout import GLOBAL, PROPORTIONAL_METHODS, SOFTMAX_MSCALE_TYPES, WINDOW_IS_SCALED_TYPES, RopeConfigError, RopeLayout
+from .layout import (FAMILY_YARN_ATTENTION_FACTOR, GLOBAL, PROPORTIONAL_METHODS, SOFTMAX_MSCALE_TYPES,
+                     WINDOW_IS_SCALED_TYPES, RopeConfigError, RopeLayout)
 from .methods import Scaling, attention_factor, longrope_attention_factor, ntk_rope_theta
 from .readers import LLAMA_CPP_LLAMA3_TYPES
 
@@ -109,9 +110,6 @@ V4_THREE_KEY_LONGROPE = frozenset({"phi3"})
 #: only that part
 FAMILY_YARN_MSCALE = {"mscale": 1.0, "mscale_all_dim": 1.0}
 YARN_MSCALE_KEYS = tuple(FAMILY_YARN_MSCALE)
-#: model types whose stock config sets this attention_factor on a yarn rope that names none (DeepSeek V4's
-#: compress rope, from its shipped flat rope_scaling): their family's spelling of yarn
-FAMILY_YARN_ATTENTION_FACTOR = {"deepseek_v4": 1.0}
 
 
 def family_yarn(layout: RopeLayout, scaling: Scaling) -> Scaling:

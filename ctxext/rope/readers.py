@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .._compat import speaks_transformers_v4
-from .layout import SOFTMAX_MSCALE_TYPES, WINDOW_IS_SCALED_TYPES, RopeConfigError, attention_scales, read_layout
+from .layout import (FAMILY_YARN_ATTENTION_FACTOR, SOFTMAX_MSCALE_TYPES, WINDOW_IS_SCALED_TYPES, RopeConfigError,
+                     attention_scales, read_layout)
 from .methods import longrope_attention_factor, yarn_attention_factor, yarn_mscale
 
 #: the readers the table speaks about, with the versions the rules were measured on
@@ -220,8 +221,9 @@ READER_RULES: tuple[ReaderRule, ...] = (
         "llama.cpp",
         lambda w: _yarn_attention(w) is not None,
         lambda w: f"drops attention_factor {_yarn_attention(w):g} and scales by YaRN's own "
-        f"{yarn_attention_factor(w.factor):.4f} (0.1 ln {w.factor:g} + 1); use yarn with its default attention "
-        f"factor, or run llama.cpp with --override-kv {GGUF_ARCH.get(w.model_type, w.model_type)}"
+        f"{yarn_attention_factor(w.factor):.4f} (0.1 ln {w.factor:g} + 1); "
+        + ("" if w.model_type in FAMILY_YARN_ATTENTION_FACTOR else "use yarn with its default attention factor, or ")
+        + f"run llama.cpp with --override-kv {GGUF_ARCH.get(w.model_type, w.model_type)}"
         ".rope.scaling.attn_factor=float:"
         f"{_yarn_attention(w) / yarn_attention_factor(w.factor):.6f}.",
     ),

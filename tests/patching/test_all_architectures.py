@@ -106,7 +106,9 @@ def loader(model):
 
 
 def expectation(method: str, params: dict, layout, record: dict) -> Expectation:
-    """What attention should get, from the window and thetas the patch started from (`record`: its ctxext record)."""
+    """What attention should get, from the window and thetas the patch started from (`record`: its ctxext record) and
+    the parameters it took (the method's, with what the family's spelling fills in: DeepSeek's mscale pair)."""
+    params = params | dict(record.get("params") or {})
     return Expectation(method, 8.0, record["original_max_position_embeddings"], params, layout.rotary_dim,
                        {(None if k == "global" else k): v for k, v in record["rope_theta"].items()}
                        | {t: float(r["rope_theta"]) for t, r in layout.rope.items()
@@ -161,8 +163,15 @@ def check(base, method: str) -> tuple[str, str]:
             if method == "yarn":
                 ids = token_ids(8 * L0)
                 diff = (model(ids).logits - reloaded(ids).logits).abs().max().item()
+                # the `ctxext patch` checkpoint of the saved base model runs as the model patched in memory
+                base.save_pretrained(f"{d}/base")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ctxext.patch_checkpoint(f"{d}/base", f"{d}/cli", method, 8, replace=True, **params)
+                written = loader(model).from_pretrained(f"{d}/cli").eval()
+                diff = max(diff, (model(ids).logits - written(ids).logits).abs().max().item())
     except Exception as err:
-        return "FAILED", f"run-time check or save/reload raised {type(err).__name__}: {err}"
+        return "FAILED", f"run-time check, save/reload or checkpoint patch raised {type(err).__name__}: {err}"
     if problems:
         return "FAILED", f"{len(problems)} mismatches, first: {problems[0]}"
     # exact for the architectures the fast tests name; a few MoE kernels round differently by memory layout
