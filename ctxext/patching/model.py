@@ -364,6 +364,9 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
             dynamic_args.setdefault(id(module), {})[layer_type] = args
     for target in {id(t.module): t for t in targets}.values():
         module = target.module
+        for attr in ("max_seq_len_cached", "original_max_seq_len"):  # built from the window, used or not (Olmo 3's
+            if hasattr(module, attr):  # module serves its sliding layers only, yet a stock build reads the new window)
+                setattr(module, attr, plans[id(target.config)][1].max_position_embeddings)
         handle = getattr(module, "_ctxext_hook", None)
         if handle is not None:
             handle.remove()

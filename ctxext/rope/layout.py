@@ -62,6 +62,18 @@ SOFTMAX_MSCALE_TYPES = frozenset({
 #: compress rope, from its shipped flat rope_scaling): their family's spelling of yarn
 FAMILY_YARN_ATTENTION_FACTOR = {"deepseek_v4": 1.0}
 
+#: config keys that give the width each head rotates in, in the order a config is read (the first one present)
+HEAD_DIM_KEYS = ("head_dim", "qk_rope_head_dim", "attention_head_dim", "kv_channels")
+#: the names a few configs save standard keys under (their config class's attribute_map: DBRX's d_model, n_heads and
+#: max_seq_len); read where the standard name is absent, and written back under the name the config uses
+KEY_ALIASES = {"hidden_size": "d_model", "num_attention_heads": "n_heads", "max_position_embeddings": "max_seq_len"}
+
+
+def config_key(cfg: Mapping[str, Any], key: str) -> str:
+    """The name `cfg` saves a standard key under: the key itself, or its alias when only that is present."""
+    alias = KEY_ALIASES.get(key)
+    return alias if alias and key not in cfg and alias in cfg else key
+
 GLOBAL = None  # the layer-type key of a model with one rope for all layers
 
 
@@ -267,7 +279,8 @@ NUMBER_KEYS = {
     "mscale_all_dim": ("a number", lambda v: True),
 }
 #: config keys that must be whole numbers of at least 1 (when present and not null)
-WHOLE_KEYS = ("head_dim", "hidden_size", "num_attention_heads", "max_position_embeddings", "original_max_position_embeddings")
+WHOLE_KEYS = ("head_dim", "hidden_size", "num_attention_heads", "max_position_embeddings", "original_max_position_embeddings",
+              *HEAD_DIM_KEYS[1:], *KEY_ALIASES.values())
 
 
 def _is_number(value: Any) -> bool:
@@ -415,12 +428,13 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         if params["rope_type"] == "su":
             params["rope_type"] = "longrope"
 
-    # MLA (DeepSeek and kin) rotates qk_rope_head_dim dims of each head; a config that saves no head_dim (GLM-4-MoE-Lite
-    # derives it) has its rotary module read that one
-    head_dim = cfg.get("head_dim") or cfg.get("qk_rope_head_dim")
+    # the names configs save head_dim under when they save none: MLA (DeepSeek and kin) rotates qk_rope_head_dim dims of
+    # each head (GLM-4-MoE-Lite derives head_dim from it), Zamba2 maps head_dim to attention_head_dim (its kv_channels
+    # is another width), JetMoE to kv_channels
+    head_dim = next((cfg[k] for k in HEAD_DIM_KEYS if cfg.get(k)), None)
     if not head_dim:
         try:
-            head_dim = int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
+            head_dim = int(cfg[config_key(cfg, "hidden_size")]) // int(cfg[config_key(cfg, "num_attention_heads")])
         except (KeyError, TypeError, ZeroDivisionError):
             raise RopeConfigError(
                 f"The config of {model_type!r} gives neither head_dim nor hidden_size and num_attention_heads."
@@ -430,7 +444,7 @@ def read_layout(config: Mapping[str, Any]) -> RopeLayout:
         if params is not None and params.get("partial_rotary_factor") is not None:
             layout_partial = float(params["partial_rotary_factor"])
             break
-    window = cfg.get("max_position_embeddings")
+    window = cfg.get(config_key(cfg, "max_position_embeddings"))
     if not isinstance(window, int) or isinstance(window, bool) or window < 2:
         raise RopeConfigError(f"The config of {model_type!r} gives no usable max_position_embeddings ({window!r}).")
     layout = RopeLayout(

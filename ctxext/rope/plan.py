@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .._compat import speaks_transformers_v4
-from .layout import (FAMILY_YARN_ATTENTION_FACTOR, GLOBAL, PROPORTIONAL_METHODS, SOFTMAX_MSCALE_TYPES,
+from .layout import (FAMILY_YARN_ATTENTION_FACTOR, GLOBAL, config_key, PROPORTIONAL_METHODS, SOFTMAX_MSCALE_TYPES,
                      WINDOW_IS_SCALED_TYPES, RopeConfigError, RopeLayout)
 from .methods import Scaling, attention_factor, longrope_attention_factor, ntk_rope_theta
 from .readers import LLAMA_CPP_LLAMA3_TYPES
@@ -433,7 +433,7 @@ def patched_config_dict(config: Mapping[str, Any], patch: RopePatch) -> dict[str
     out = copy.deepcopy(dict(config))
     cfg = out if patch.layout.section is None else out[patch.layout.section]
     cfg["rope_parameters"] = patch.rope_parameters
-    cfg["max_position_embeddings"] = patch.max_position_embeddings
+    cfg[config_key(cfg, "max_position_embeddings")] = patch.max_position_embeddings
     for key, value in patch.top_level.items():
         if value is REMOVE:
             cfg.pop(key, None)

@@ -47,12 +47,7 @@ REFUSED = {
     "gptj": "has no rotary position embedding settings",
     "inkling2_text": "has no rotary position embedding settings",
     "dory": "no positional encoding (NoPE) on its global layers",
-    # DBRX spells its sizes d_model and n_heads (attn_config.kv_n_heads), names ctxext does not read
-    "dbrx": "gives neither head_dim nor hidden_size and num_attention_heads",
     "ergo": "no positional encoding (NoPE) on its global layers",
-    "jetmoe": "does not recognise the rotary embedding",
-    # its shared attention blocks are twice hidden_size wide, so each head holds twice the frequencies the config implies
-    "zamba2": "does not recognise the rotary embedding",
 }
 
 #: (model type, method) pairs refused on purpose, and the words of their sentence

@@ -218,19 +218,27 @@ def test_a_composite_gemma4_patches_its_text_rope_and_leaves_its_vision_towers_a
         torch.testing.assert_close(model(ids).logits, reloaded(ids).logits, rtol=0, atol=0)
 
 
-def test_glm4_moe_lite_rotates_its_qk_rope_head_dim(tmp_path):
-    """Regression: GLM-4-MoE-Lite's config saves no head_dim (it derives it from qk_rope_head_dim), so ctxext read
-    hidden_size / num_attention_heads and refused its rotary embedding ("32 frequencies where the config implies 8")."""
+@pytest.mark.parametrize("model_type", ["glm4_moe_lite", "jetmoe", "zamba2", "dbrx"])
+def test_a_head_width_or_size_saved_under_another_name_is_read(model_type, tmp_path):
+    """Regression: configs that save no head_dim (GLM-4-MoE-Lite derives it from qk_rope_head_dim, Zamba2 maps it to
+    attention_head_dim, JetMoE to kv_channels) or spell hidden_size / num_attention_heads / max_position_embeddings
+    as d_model / n_heads / max_seq_len (DBRX) were read as another head width, and their rotary embedding refused
+    ("32 frequencies where the config implies 8"). The model in memory, its stock reload and the `ctxext patch`
+    checkpoint of its saved base now give the same logits."""
     from walk import build
 
-    model, why = build("glm4_moe_lite")
+    model, why = build(model_type)
     assert model is not None, why
-    assert read_layout(model.config.to_dict()).rotary_dim == model.config.qk_rope_head_dim
+    model.save_pretrained(tmp_path / "base")
+    rotary = next(m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor))
+    assert read_layout(model.config.to_dict()).rotary_dim == 2 * rotary.inv_freq.numel()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ctxext.patch_model(model, "yarn", 4)
-    model.save_pretrained(tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+        ctxext.patch_checkpoint(tmp_path / "base", tmp_path / "cli", "yarn", 4)
+    model.save_pretrained(tmp_path / "saved")
     ids = token_ids(200)
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, reloaded(ids).logits, rtol=0, atol=0)
+        for other in ("saved", "cli"):
+            reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / other).eval()
+            torch.testing.assert_close(model(ids).logits, reloaded(ids).logits, rtol=0, atol=0)

@@ -38,9 +38,9 @@ def saved(model_type: str, directory, window: int | None = None, **rope):
 
 @pytest.mark.parametrize("model_type, method, words", [
     # patch_model refuses these on the built model; the torch-free checkpoint path once wrote them
-    ("jetmoe", "yarn", "does not recognise the rotary embedding"),
-    ("zamba2", "yarn", "does not recognise the rotary embedding"),
     ("recurrent_gemma", "pi", "Stock transformers cannot build the rotary embedding"),
+    ("recurrent_gemma", "dynamic-ntk", "Stock transformers cannot build the rotary embedding"),
+    ("phi4_multimodal", "yarn", "its config refuses it"),
 ])
 def test_a_checkpoint_patch_the_model_refuses_is_refused_and_nothing_is_written(model_type, method, words, tmp_path):
     src = tmp_path / "src"
