@@ -65,14 +65,17 @@ FAMILY_YARN_ATTENTION_FACTOR = {"deepseek_v4": 1.0}
 #: config keys that give the width each head rotates in, in the order a config is read (the first one present)
 HEAD_DIM_KEYS = ("head_dim", "qk_rope_head_dim", "attention_head_dim", "kv_channels")
 #: the names a few configs save standard keys under (their config class's attribute_map: DBRX's d_model, n_heads and
-#: max_seq_len); read where the standard name is absent, and written back under the name the config uses
-KEY_ALIASES = {"hidden_size": "d_model", "num_attention_heads": "n_heads", "max_position_embeddings": "max_seq_len"}
+#: max_seq_len, Bailing-hybrid's model_max_length); read where the standard name is absent, and written back under the
+#: name the config uses
+KEY_ALIASES = {"hidden_size": ("d_model",), "num_attention_heads": ("n_heads",),
+               "max_position_embeddings": ("max_seq_len", "model_max_length")}
 
 
 def config_key(cfg: Mapping[str, Any], key: str) -> str:
     """The name `cfg` saves a standard key under: the key itself, or its alias when only that is present."""
-    alias = KEY_ALIASES.get(key)
-    return alias if alias and key not in cfg and alias in cfg else key
+    if key in cfg:
+        return key
+    return next((alias for alias in KEY_ALIASES.get(key, ()) if alias in cfg), key)
 
 GLOBAL = None  # the layer-type key of a model with one rope for all layers
 
@@ -280,7 +283,7 @@ NUMBER_KEYS = {
 }
 #: config keys that must be whole numbers of at least 1 (when present and not null)
 WHOLE_KEYS = ("head_dim", "hidden_size", "num_attention_heads", "max_position_embeddings", "original_max_position_embeddings",
-              *HEAD_DIM_KEYS[1:], *KEY_ALIASES.values())
+              *HEAD_DIM_KEYS[1:], *(a for names in KEY_ALIASES.values() for a in names))
 
 
 def _is_number(value: Any) -> bool:

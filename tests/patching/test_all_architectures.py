@@ -39,8 +39,6 @@ SLOW_FORWARD = {"falcon_h1": ["yarn", "dynamic-ntk"]}
 
 #: model types ctxext refuses for every method, and the words their one-sentence error must contain
 REFUSED = {
-    # its config maps max_position_embeddings to model_max_length, so config.json and to_dict() carry no window
-    "bailing_hybrid": "gives no usable max_position_embeddings",
     "beam": "no positional encoding (NoPE) on its global layers",
     # CodeGen, GPT-J and Inkling 2 hard-code their rope base in the modeling code: the config names none
     "codegen": "has no rotary position embedding settings",

@@ -218,11 +218,11 @@ def test_a_composite_gemma4_patches_its_text_rope_and_leaves_its_vision_towers_a
         torch.testing.assert_close(model(ids).logits, reloaded(ids).logits, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("model_type", ["glm4_moe_lite", "jetmoe", "zamba2", "dbrx"])
+@pytest.mark.parametrize("model_type", ["glm4_moe_lite", "jetmoe", "zamba2", "dbrx", "bailing_hybrid"])
 def test_a_head_width_or_size_saved_under_another_name_is_read(model_type, tmp_path):
     """Regression: configs that save no head_dim (GLM-4-MoE-Lite derives it from qk_rope_head_dim, Zamba2 maps it to
     attention_head_dim, JetMoE to kv_channels) or spell hidden_size / num_attention_heads / max_position_embeddings
-    as d_model / n_heads / max_seq_len (DBRX) were read as another head width, and their rotary embedding refused
+    as d_model / n_heads / max_seq_len (DBRX) or max_position_embeddings as model_max_length (Bailing-hybrid) were read as another head width, and their rotary embedding refused
     ("32 frequencies where the config implies 8"). The model in memory, its stock reload and the `ctxext patch`
     checkpoint of its saved base now give the same logits."""
     from walk import build
