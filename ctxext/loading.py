@@ -18,6 +18,7 @@ import json
 import os
 import stat
 import struct
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -245,17 +246,28 @@ def load_config(source: str | os.PathLike) -> Any:
         raise internal_error(err, f"reading the config of {source}") from None
 
 
-def empty_causal_lm(config: Any, source: str) -> Any:
+def empty_causal_lm(config: Any, source: str, real_buffers: bool = False) -> Any:
     """The causal LM that `config` describes, built on the meta device: names and shapes, no memory, no weights read.
 
-    A config that transformers does not build as a causal LM is the input's fault; any other failure
-    to build is an internal error.
+    `real_buffers`: buffers (a rotary module's frequencies, computed by stock code) are built for real, only the
+    parameters on the meta device. A text model saved alone (Mllama's or Emu3's causal LM), whose config the auto
+    class does not map, is built from the causal-LM class its config names. A config that transformers does not
+    build as a causal LM is the input's fault; any other failure to build is an internal error.
     """
     import torch
+    import transformers
+    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
+    named = [getattr(transformers, a, None) for a in (getattr(config, "architectures", None) or [])
+             if isinstance(a, str) and a.endswith("ForCausalLM")]
+    named = [c for c in named if isinstance(c, type) and hasattr(c, "_from_config")]
+    empty = init_empty_weights(include_buffers=False) if real_buffers else torch.device("meta")
     try:
-        with _quiet_transformers(), torch.device("meta"):
+        with _quiet_transformers(), warnings.catch_warnings(), empty:
+            warnings.simplefilter("ignore")
+            if type(config) not in AutoModelForCausalLM._model_mapping and named:
+                return named[0]._from_config(config)
             return AutoModelForCausalLM.from_config(config)
     except ValueError as err:
         if "Unrecognized configuration class" not in str(err):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import CtxextError, InternalError, installed, internal_error
-from ..loading import _quiet_transformers, load_config
+from ..loading import empty_causal_lm, load_config
 from ..rope.methods import Scaling
 
 #: model types whose torch-free reading is proven equal to their built model for every method
@@ -39,28 +39,7 @@ def needs_model_check(config: Mapping[str, Any]) -> bool:
 
 def skeleton(config: Any, source: str) -> Any:
     """The causal LM `config` describes: parameters on the meta device, buffers (rotary frequencies) real."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    import transformers
-
-    # the class the checkpoint names, where the auto class does not map its config (a text model saved alone, such as
-    # Mllama's or Emu3's causal LM)
-    named = [getattr(transformers, a, None) for a in (getattr(config, "architectures", None) or [])]
-    named = [c for c in named if isinstance(c, type) and hasattr(c, "_from_config")]
-    try:
-        with _quiet_transformers(), warnings.catch_warnings(), init_empty_weights(include_buffers=False):
-            warnings.simplefilter("ignore")
-            if type(config) not in AutoModelForCausalLM._model_mapping and named:
-                return named[0]._from_config(config).eval()
-            return AutoModelForCausalLM.from_config(config).eval()
-    except ValueError as err:
-        if "Unrecognized configuration class" not in str(err):
-            raise internal_error(err, f"building the model that the config of {source} describes") from None
-        raise CtxextError(f"{source} holds a {config.model_type!r} model, which transformers does not load as a "
-                          "causal language model; give a decoder-only (causal LM) checkpoint.") from None
-    except Exception as err:
-        raise internal_error(err, f"building the model that the config of {source} describes") from None
+    return empty_causal_lm(config, source, real_buffers=True).eval()
 
 
 def _rope_section(config: Mapping[str, Any], section: str | None) -> Any:
