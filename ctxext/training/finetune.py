@@ -40,8 +40,9 @@ from ..rope.plan import RopePatch, plan_patch
 from .loop import seeded, train_loop
 from .model import check_model, empty_model, fsdp_plugin, load_for_training, read_config, trainable_module, training_dtype
 from .packing import SampleStream, check_tokens, describe_dataset, has_completions, read_dataset, tokenize
-from .recipe import RECIPE_FIELDS, Recipe, build_recipe, learning_rate_at  # noqa: F401  (learning_rate_at: public name)
+from .recipe import RECIPE_FIELDS, TRACKERS, Recipe, build_recipe, learning_rate_at  # noqa: F401  (learning_rate_at: public name)
 from .resume import (  # noqa: F401  (checkpoint_dir: public name)
+    TRACKER_LOGS,
     checkpoint_dir,
     refuse_leftovers,
     register_trainable_checkpointing,
@@ -131,7 +132,7 @@ def finetune(
             f"{run_dir} exists and ctxext did not write it (it has no .ctxext marker), so it will not use or delete "
             "it; move it away or choose another --output."
         )
-    accelerator = _accelerator(recipe)
+    accelerator = _accelerator(recipe, run_dir)
     sharded = accelerator.distributed_type == DistributedType.FSDP
     if sharded and not isinstance(model, (str, os.PathLike)):
         raise CtxextError("Under FSDP, give the model as a hub id or checkpoint directory, not a loaded model object.")
@@ -172,6 +173,9 @@ def finetune(
 
         # -- loop ---------------------------------------------------------------------------------------
         start_run_dir(accelerator, run_dir, run, start)
+        if recipe.report_to:  # the run's identity as the tracker's hyperparameters (plain values only)
+            accelerator.init_trackers("ctxext", config={k: v for k, v in run.items()
+                                                        if isinstance(v, (int, float, str, bool))})
         log, loader, first_step = restore(accelerator, run_dir, start, loader, recipe.gradient_accumulation_steps)
         global_batch = recipe.batch_size * recipe.gradient_accumulation_steps * accelerator.num_processes
         say(
@@ -183,6 +187,7 @@ def finetune(
         )
         log = train_loop(accelerator, module, optimizer, loader, recipe, length=length, first_step=first_step,
                          log=log, run_dir=run_dir, progress=progress, on_step=on_step)
+        accelerator.end_training()  # trackers flushed and closed before their logs are copied into the output
 
         # -- save: adapter, merge, the output whole ---------------------------------------------------
         def rebuild() -> Any:  # FSDP: the unsharded model to assign the gathered weights to, on the meta device
@@ -214,13 +219,22 @@ def _split_keywords(recipe: Recipe | None, keywords: dict[str, Any]) -> tuple[Re
     return build_recipe(recipe, **fields), params
 
 
-def _accelerator(recipe: Recipe) -> Any:
+def _accelerator(recipe: Recipe, run_dir: Path) -> Any:
     """accelerate's Accelerator for this run: gradient accumulation as the recipe says; under an FSDP
-    launch, memory-efficient loading on (see `ctxext.training.model`)."""
+    launch, memory-efficient loading on (see `ctxext.training.model`); the tracker of `report_to`, logging
+    into the run directory's logs/ (which the output keeps)."""
+    import importlib.util
+
     from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin
 
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
+    if recipe.report_to:
+        package = TRACKERS[recipe.report_to]
+        if importlib.util.find_spec(package) is None:
+            raise CtxextError(f"report_to {recipe.report_to} needs the {package} package, which is not installed; "
+                              f"pip install {package}, or drop --report-to.")
+        kwargs.update(log_with=recipe.report_to, project_dir=str(run_dir / TRACKER_LOGS))
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # what accelerate launch sets for FSDP
         kwargs["fsdp_plugin"] = fsdp_plugin()
     return Accelerator(

@@ -105,6 +105,8 @@ def train_loop(
         log.append(record)
         if accelerator.is_main_process:
             append_log(run_dir, record)
+        # the tracker of --report-to, if any (accelerate logs from the main process; a no-op without trackers)
+        accelerator.log({k: record[k] for k in ("loss", "lr", "tokens_per_s")}, step=step)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
         bar.update()
         if recipe.save_every and step % recipe.save_every == 0 and step < recipe.max_steps:

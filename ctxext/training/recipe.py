@@ -23,6 +23,9 @@ from ..loading import DTYPES
 
 SCHEDULES = ("constant", "cosine")
 LORA_TARGETS = ("attention", "all-linear")
+#: the experiment trackers accelerate logs to (its LoggerType), and the package each needs
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow",
+            "comet_ml": "comet_ml", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}
 
 
 def option(
@@ -45,7 +48,7 @@ def option(
     return field(default=default, metadata={"help": help, "group": group, **rule})
 
 
-DATA, OPTIMISATION, LORA, MEMORY = "data", "optimisation", "LoRA", "memory and checkpoints"
+DATA, OPTIMISATION, LORA, MEMORY, MONITORING = "data", "optimisation", "LoRA", "memory and checkpoints", "monitoring"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,10 @@ class Recipe:
         MEMORY, minimum=1, tokens=True)
     dtype: str = option("auto", "weights dtype (auto: bfloat16 on GPU, float32 on CPU)", MEMORY, choices=DTYPES)
     save_every: int = option(50, "checkpoint every N steps, 0 for never", MEMORY, minimum=0)
+    # -- monitoring
+    report_to: str | None = option(
+        None, "also log each step's loss, learning rate and throughput to this tracker, through accelerate "
+        "(tensorboard: OUTPUT/logs, read with `tensorboard --logdir OUTPUT/logs`)", MONITORING, choices=tuple(TRACKERS))
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))

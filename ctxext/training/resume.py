@@ -24,9 +24,11 @@ from ..errors import CtxextError
 from ..io import atomic_write_json, atomic_write_text, mark
 
 LOG_NAME = "train_log.jsonl"
+#: the folder the tracker of --report-to logs into (in the run directory, then in the output)
+TRACKER_LOGS = "logs"
 RUN_NAME = "run.json"
 #: recipe fields a resumed run may change: they do not touch the data order or the weights
-RESUMABLE_CHANGES = ("save_every",)
+RESUMABLE_CHANGES = ("save_every", "report_to")
 
 
 def checkpoint_dir(output_dir: str | os.PathLike) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..io import staged_directory
-from .resume import LOG_NAME
+from .resume import LOG_NAME, TRACKER_LOGS
 
 
 def unsharded(accelerator: Any, module: Any, sharded: bool, rebuild: Callable[[], Any]) -> Any:
@@ -78,6 +78,8 @@ def write_output(output: Path, overwrite: bool, merged: Any, tokenizer: Any, run
             tokenizer.save_pretrained(tmp)
         shutil.copytree(run_dir / "adapter", tmp / "adapter")
         shutil.copy2(run_dir / LOG_NAME, tmp / LOG_NAME)
+        if (run_dir / TRACKER_LOGS).is_dir():  # --report-to's tracker logs (tensorboard's event files)
+            shutil.copytree(run_dir / TRACKER_LOGS, tmp / TRACKER_LOGS)
         (tmp / "README.md").write_text(render_model_card(source, patch, recipe=recipe,
                                                              notes=reader_notes(merged.config.to_dict())), encoding="utf-8")
 

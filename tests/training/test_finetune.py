@@ -323,3 +323,40 @@ def test_two_processes_under_accelerate_see_different_data_and_end_identical(sou
     for key in weights[0]:
         torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0, msg=key)
         torch.testing.assert_close(weights[0][key], saved[key], rtol=0, atol=0, msg=key)
+
+
+def test_report_to_tensorboard_logs_every_step_as_the_run_log_records_it(source, tmp_path):
+    """--report-to: accelerate's tensorboard tracker gets each step's loss, learning rate and throughput, and its
+    event files land in OUTPUT/logs; tensorboard's own reader (an independent one) gives back the run log's values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    result = finetune(
+        str(source / "model"), "yarn", 4, str(source / "text.txt"), out, seq_len=128, max_steps=4,
+        learning_rate=1e-2, warmup_steps=2, save_every=0, report_to="tensorboard", cache_dir=tmp_path / "cache",
+        progress=False,
+    )  # fmt: skip
+    events = sorted((out / "logs").rglob("events.out.tfevents.*"))
+    assert events, sorted(p.relative_to(out) for p in out.rglob("*"))
+    scalars = {}
+    for directory in {e.parent for e in events}:
+        reader = EventAccumulator(str(directory))
+        reader.Reload()
+        for tag in reader.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in reader.Scalars(tag))
+    for key in ("loss", "lr", "tokens_per_s"):
+        steps, values = zip(*sorted(scalars[key]))
+        assert list(steps) == [r["step"] for r in result.log], key
+        assert list(values) == pytest.approx([r[key] for r in result.log], rel=1e-6), key  # float32 in the event file
+    assert not checkpoint_dir(out).exists()
+
+
+def test_report_to_a_tracker_that_is_not_installed_is_refused_before_anything_is_written(source, tmp_path):
+    import importlib.util
+
+    missing = next(name for name in ("aim", "dvclive", "swanlab", "clearml") if importlib.util.find_spec(name) is None)
+    out = tmp_path / "out"
+    with pytest.raises(CtxextError, match=f"report_to {missing} needs the {missing} package, which is not installed"):
+        finetune(str(source / "model"), "yarn", 4, str(source / "text.txt"), out, max_steps=2, report_to=missing,
+                 cache_dir=tmp_path / "cache", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -44,7 +44,7 @@ def patch_of(path: str):
     return plan_patch(read_layout(AutoConfig.from_pretrained(path).to_dict()), resolve("yarn", 4))
 
 
-def test_an_fsdp_launch_asks_accelerate_for_memory_efficient_loading(monkeypatch):
+def test_an_fsdp_launch_asks_accelerate_for_memory_efficient_loading(monkeypatch, tmp_path):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "2")
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")  # what `accelerate config` writes by default
@@ -61,11 +61,11 @@ def test_an_fsdp_launch_asks_accelerate_for_memory_efficient_loading(monkeypatch
     import accelerate
 
     monkeypatch.setattr(accelerate, "Accelerator", Recorder)
-    ctxext.training.finetune._accelerator(Recipe())
+    ctxext.training.finetune._accelerator(Recipe(), tmp_path)
     assert seen["fsdp_plugin"].cpu_ram_efficient_loading
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
     seen.clear()
-    ctxext.training.finetune._accelerator(Recipe())
+    ctxext.training.finetune._accelerator(Recipe(), tmp_path)
     assert "fsdp_plugin" not in seen  # DDP, DeepSpeed, one process: accelerate's own choice
 
 
