@@ -257,17 +257,18 @@ def empty_causal_lm(config: Any, source: str, real_buffers: bool = False) -> Any
     import torch
     import transformers
     from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     named = [getattr(transformers, a, None) for a in (getattr(config, "architectures", None) or [])
              if isinstance(a, str) and a.endswith("ForCausalLM")]
-    named = [c for c in named if isinstance(c, type) and hasattr(c, "_from_config")]
+    named = [c for c in named if isinstance(c, type) and issubclass(c, PreTrainedModel)]
     empty = init_empty_weights(include_buffers=False) if real_buffers else torch.device("meta")
     try:
         with _quiet_transformers(), warnings.catch_warnings(), empty:
             warnings.simplefilter("ignore")
-            if type(config) not in AutoModelForCausalLM._model_mapping and named:
-                return named[0]._from_config(config)
+            if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and named:
+                return named[0](config)
             return AutoModelForCausalLM.from_config(config)
     except ValueError as err:
         if "Unrecognized configuration class" not in str(err):

@@ -187,7 +187,8 @@ def finetune(
         )
         log = train_loop(accelerator, module, optimizer, loader, recipe, length=length, first_step=first_step,
                          log=log, run_dir=run_dir, progress=progress, on_step=on_step)
-        accelerator.end_training()  # trackers flushed and closed before their logs are copied into the output
+        for tracker in accelerator.trackers:  # flushed and closed before their logs are copied into the output
+            tracker.finish()  # (not accelerator.end_training(), which also ends the process group saving needs)
 
         # -- save: adapter, merge, the output whole ---------------------------------------------------
         def rebuild() -> Any:  # FSDP: the unsharded model to assign the gathered weights to, on the meta device
