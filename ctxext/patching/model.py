@@ -357,9 +357,8 @@ def _patch(model: nn.Module, scaling: Scaling, plan: Callable[[RopeLayout], Rope
             module.rope_type[layer_type] = rope_type
         if hasattr(module, "rope_init_fn"):  # modules that rebuild their frequencies from the config each forward
             module.rope_init_fn = _stock_init_fn(module, rope_type)
-        for attr in ("max_seq_len_cached", "original_max_seq_len", f"{prefix(layer_type)}max_seq_len_cached"):
-            if hasattr(module, attr):
-                setattr(module, attr, patch.max_position_embeddings)
+        if hasattr(module, f"{prefix(layer_type)}max_seq_len_cached"):  # the module-wide ones: below, for every module
+            setattr(module, f"{prefix(layer_type)}max_seq_len_cached", patch.max_position_embeddings)
         if args is not None and not patch.scaling.is_identity:
             dynamic_args.setdefault(id(module), {})[layer_type] = args
     for target in {id(t.module): t for t in targets}.values():

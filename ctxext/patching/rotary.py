@@ -107,6 +107,13 @@ def set_frequencies(module: nn.Module, layer_type: str | None, inv_freq: torch.T
     setattr(module, f"{p}attention_scaling", scale)
 
 
+def plain_numbers(model: nn.Module) -> dict[str, dict[str, int | float]]:
+    """{module name: {attribute: value}} for every plain int or float a module of `model` holds (a softmax
+    `scaling`, a window): what a model derives from its config when it is built."""
+    return {name: {k: v for k, v in vars(module).items() if type(v) in (int, float)}
+            for name, module in model.named_modules()}
+
+
 def derived_updates(model: nn.Module, targets: list[RotaryTarget], changes: list[tuple[Any, Callable[[Any], None]]]
                     ) -> list[tuple[nn.Module, str, Any]]:
     """(module, attribute, value) for what the model derives from its rope config at construction, outside the
@@ -132,8 +139,7 @@ def derived_updates(model: nn.Module, targets: list[RotaryTarget], changes: list
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fresh = type(model)(config)
-        return {name: {k: v for k, v in vars(module).items() if type(v) in (int, float)}
-                for name, module in fresh.named_modules()
+        return {name: values for name, values in plain_numbers(fresh).items()
                 if not any(name == r or name.startswith(r + ".") for r in rotary)}
 
     try:

@@ -51,11 +51,10 @@ def _numbers(model: Any) -> dict[str, Any]:
     """Every rotary frequency buffer and every plain number the modules hold, by name."""
     import torch
 
-    found: dict[str, Any] = {}
-    for name, module in model.named_modules():
-        for key, value in vars(module).items():
-            if type(value) in (int, float):
-                found[f"{name}.{key}"] = value
+    from .rotary import plain_numbers
+
+    found: dict[str, Any] = {f"{name}.{key}": value for name, values in plain_numbers(model).items()
+                             for key, value in values.items()}
     for name, buffer in model.named_buffers():
         if name.rsplit(".", 1)[-1].endswith("inv_freq") and buffer.device.type != "meta":
             found[name] = buffer.detach().to(torch.float32).cpu()
@@ -85,11 +84,9 @@ def check_checkpoint_patch(source: Path, staged: Path, new_config: Mapping[str, 
             warnings.simplefilter("ignore")
             patch_model(model, scaling.method, scaling.factor, replace=replace,
                         original_max_position_embeddings=scaling.original_max_position_embeddings, **params)
-    except (CtxextError, ValueError, TypeError) as err:
-        if isinstance(err, InternalError):
-            raise
-        raise RopeConfigError(str(err)) from None
-    except Exception as err:
+    except CtxextError:
+        raise  # patch_model's own refusal, word for word
+    except Exception as err:  # anything else is not the input's fault
         raise internal_error(err, f"checking the patch of {source} on the model it builds") from None
     section = patch.layout.section
     written = _rope_section(new_config, section)
